@@ -1,0 +1,37 @@
+# Two commands do all set-up: `make demo` (the example DAG end to end) and `make test`.
+# Each creates .venv if missing, installs torch==2.13.0 first (a CPU wheel; an unpinned torch
+# pulls gigabytes of CUDA), then the package in editable mode with its dev extras. The stamp
+# file makes a second call skip what is installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.certrisk-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/certrisk demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check certrisk dags tests bench
+
+bench: $(STAMP)
+	$(PY) bench/certify.py
+	$(PY) bench/signals.py
+	$(PY) bench/store.py
+
+clean:
+	rm -rf .certrisk .pytest_cache

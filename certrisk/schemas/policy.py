@@ -1,0 +1,285 @@
+"""The policy: one YAML file per model, validated with unknown keys rejected.
+
+A policy names the model, the certification methods and their parameters, the rules, the drift
+tests and reference set, the scoring weights and tier thresholds, the alert tier and the
+organisation's risk tolerance statement. ``load_policy`` returns the validated model together
+with the file's sha256, which every run records.
+
+Paths inside a policy may use ``${CERTRISK_HOME}`` and other environment variables; relative
+paths are resolved against the policy file's directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from certrisk.schemas.enums import Method, Norm, Severity, Tier
+from certrisk.schemas.errors import PolicyError
+from certrisk.schemas.settings import expand_path
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class ModelSpec(_Strict):
+    """The model under governance.
+
+    format: ``safetensors`` (weights plus ``factory``, a ``module:function`` that builds the
+    architecture), ``torchscript`` or ``export`` (a ``torch.export`` program). Pickle is never used.
+    """
+
+    name: str = Field(min_length=1, description="Registry name of the model.")
+    path: str = Field(description="Model file; relative to the policy file or with ${CERTRISK_HOME}.")
+    format: Literal["safetensors", "torchscript", "export"] = "safetensors"
+    factory: str | None = Field(default=None, description="module:function building the architecture.")
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input_shape: tuple[int, ...] = Field(description="Shape of one input, without the batch axis.")
+    classes: tuple[str, ...] = Field(min_length=2)
+    sha256: str | None = Field(default=None, description="Expected sha256 of the model file, if pinned.")
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive_shape(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(d < 1 for d in value):
+            raise ValueError(f"input_shape must be non-empty with positive dimensions, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _factory_for_weights(self) -> ModelSpec:
+        if self.format == "safetensors" and not self.factory:
+            raise ValueError("format 'safetensors' needs 'factory' (module:function)")
+        if self.factory and ":" not in self.factory:
+            raise ValueError(f"factory must look like 'module:function', got {self.factory!r}")
+        return self
+
+    @property
+    def n_features(self) -> int:
+        n = 1
+        for d in self.input_shape:
+            n *= d
+        return n
+
+
+class DataSpec(_Strict):
+    """Where the reference set lives and how batches are laid out."""
+
+    reference: str = Field(description="Reference set (parquet or npz): sample_id, features, label.")
+    id_column: str = "sample_id"
+    label_column: str | None = Field(default="label", description="Label column of the reference set.")
+    feature_columns: tuple[str, ...] | None = Field(
+        default=None, description="Feature columns in model order; default: every other column."
+    )
+    categorical_features: tuple[str, ...] = ()
+
+
+class SmoothingSpec(_Strict):
+    """Randomized smoothing (Cohen et al. 2019), l2 certificates."""
+
+    method: Literal[Method.SMOOTHING] = Method.SMOOTHING
+    norm: Literal[Norm.L2] = Norm.L2
+    sigma: float = Field(gt=0, description="Gaussian noise level; the model should be trained at it.")
+    n0: int = Field(default=100, ge=1, description="Selection samples (guess the top class).")
+    n: int = Field(default=10_000, ge=1, description="Estimation samples per input.")
+    alpha: float = Field(default=0.001, gt=0, lt=1, description="Failure probability of the bound.")
+    batch_size: int | None = Field(default=None, ge=1, description="Noisy copies per forward pass.")
+    mode: Literal["fixed", "sequential"] = "fixed"
+    target_radius: float | None = Field(default=None, gt=0)
+
+
+class IBPSpec(_Strict):
+    """Interval bound propagation; eps None searches the largest certified eps."""
+
+    method: Literal[Method.IBP] = Method.IBP
+    norm: Norm = Norm.LINF
+    eps: float | None = Field(default=None, gt=0)
+
+
+class LipschitzSpec(_Strict):
+    """Global l2 Lipschitz bound of the logits."""
+
+    method: Literal[Method.LIPSCHITZ] = Method.LIPSCHITZ
+    norm: Literal[Norm.L2] = Norm.L2
+
+
+MethodSpec = Annotated[SmoothingSpec | IBPSpec | LipschitzSpec, Field(discriminator="method")]
+
+
+class CertificationSpec(_Strict):
+    """Methods to run and where to run them. The first smoothing method drives abstention."""
+
+    methods: tuple[MethodSpec, ...] = Field(min_length=1)
+    shard_size: int = Field(default=512, ge=1, description="Samples per certification shard (mapped task).")
+    queue: str = Field(default="default", description="Airflow queue of certify tasks (e.g. 'gpu').")
+    pool: str | None = Field(default=None, description="Airflow pool capping concurrent certify tasks.")
+    device: str | None = Field(default=None, description="torch device; None picks cuda when present.")
+
+    @property
+    def smoothing(self) -> SmoothingSpec | None:
+        return next((m for m in self.methods if isinstance(m, SmoothingSpec)), None)
+
+
+class ExpectationSpec(_Strict):
+    """One Great Expectations expectation with its severity and RMF evidence."""
+
+    type: str = Field(description="GX expectation type, e.g. expect_column_values_to_be_between.")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    severity: Severity = Severity.WARNING
+    name: str | None = Field(default=None, description="Display name; default type plus column.")
+    rmf: tuple[str, ...] = ("MEASURE 2.1",)
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        column = self.kwargs.get("column")
+        return f"{self.type}:{column}" if column else self.type
+
+
+class RulesSpec(_Strict):
+    """Rules: a default suite profiled from the reference set, plus or instead of explicit ones."""
+
+    profile: bool = Field(default=True, description="Derive not-null/range/column-count rules from the reference.")
+    range_tolerance: float = Field(default=0.0, ge=0, description="Profiled ranges widen by this share of their span.")
+    expectations: tuple[ExpectationSpec, ...] = ()
+
+
+class DriftSpec(_Strict):
+    """Drift tests against the reference set; alpha applies after correction across families."""
+
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    tests: tuple[Literal["ks", "mmd", "classifier"], ...] = ("ks", "mmd")
+    mmd_permutations: int = Field(default=1000, ge=10)
+    novelty_k: int = Field(default=5, ge=1)
+    max_reference: int | None = Field(default=None, ge=10, description="Subsample the reference to this size.")
+
+
+class ScoringSpec(_Strict):
+    """Per-sample factor weights, tier thresholds and the batch rule."""
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "abstention": 0.6,
+            "radius_rank": 0.15,
+            "context": 0.15,
+            "rules": 0.4,
+            "novelty": 0.2,
+            "instability": 0.3,
+        }
+    )
+    thresholds: dict[Tier, float] = Field(
+        default_factory=lambda: {Tier.MEDIUM: 0.25, Tier.HIGH: 0.5, Tier.CRITICAL: 0.85}
+    )
+    reference_abstention_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Known abstention rate on clean data; default: measured on the reference."
+    )
+    abstention_p: float = Field(default=0.01, gt=0, lt=1, description="Batch abstention test level.")
+    high_share: float = Field(default=0.2, gt=0, le=1, description="Share of high+ samples that makes the batch high.")
+
+    @field_validator("weights")
+    @classmethod
+    def _known_factors(cls, value: dict[str, float]) -> dict[str, float]:
+        from certrisk.schemas.columns import FACTORS
+
+        unknown = sorted(set(value) - set(FACTORS))
+        if unknown:
+            raise ValueError(f"unknown factor(s) {unknown}; known: {list(FACTORS)}")
+        bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"weights must lie in [0, 1], got {bad}")
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _increasing(cls, value: dict[Tier, float]) -> dict[Tier, float]:
+        need = {Tier.MEDIUM, Tier.HIGH, Tier.CRITICAL}
+        if set(value) != need:
+            raise ValueError(f"thresholds need exactly medium, high, critical; got {sorted(map(str, value))}")
+        m, h, c = value[Tier.MEDIUM], value[Tier.HIGH], value[Tier.CRITICAL]
+        if not 0 < m < h < c <= 1:
+            raise ValueError(f"thresholds must satisfy 0 < medium < high < critical <= 1, got {m}, {h}, {c}")
+        return value
+
+
+class Policy(_Strict):
+    """A model's certification-aware risk policy."""
+
+    version: Literal[1] = 1
+    model: ModelSpec
+    data: DataSpec
+    certification: CertificationSpec
+    rules: RulesSpec = Field(default_factory=RulesSpec)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    scoring: ScoringSpec = Field(default_factory=ScoringSpec)
+    alert_tier: Tier = Tier.HIGH
+    risk_tolerance: str = Field(
+        min_length=1, description="The organisation's risk tolerance statement for this model (GOVERN 1.3, MAP 1.5)."
+    )
+
+
+class LoadedPolicy(BaseModel):
+    """A validated policy with its provenance."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    policy: Policy
+    path: Path
+    sha256: str
+    text: str
+
+    def resolve(self, value: str) -> Path:
+        """Resolve a path named in the policy: env vars expanded, relative to the policy file."""
+        p = Path(expand_path(value))
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    @property
+    def model_path(self) -> Path:
+        return self.resolve(self.policy.model.path)
+
+    @property
+    def reference_path(self) -> Path:
+        return self.resolve(self.policy.data.reference)
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}")
+        elif err["type"] == "missing":
+            lines.append(f"missing key {key!r}")
+        else:
+            lines.append(f"key {key!r}: {err['msg']}")
+    return f"{source}: invalid policy: " + "; ".join(lines)
+
+
+def parse_policy(data: Any, *, source: str = "<policy>") -> Policy:
+    """Validate a mapping as a Policy; errors name the source and every bad key."""
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: a policy must be a mapping, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_format_errors(exc, source)) from None
+
+
+def load_policy(path: str | Path) -> LoadedPolicy:
+    """Read, validate and hash a policy YAML file."""
+    p = Path(expand_path(str(path))).resolve()
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{p}: cannot read policy file: {exc.strerror or exc}") from None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{p}: not valid YAML: {exc}") from None
+    policy = parse_policy(data, source=str(p))
+    return LoadedPolicy(policy=policy, path=p, sha256=hashlib.sha256(raw).hexdigest(), text=text)
