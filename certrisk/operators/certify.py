@@ -1,0 +1,132 @@
+"""CertifyOperator (mapped over shards) and MergeCertificatesOperator (the reduce step).
+
+Each shard loads the model, predicts with the base model and runs every certification method the
+policy names (skipping, with a warning, methods the model's layers do not allow). Seeds derive
+from (run key, sample_id, method), so a retried or re-sharded task reproduces its certificates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from airflow.sdk import Context
+
+from certrisk.operators.artifacts import read_parquet, write_parquet
+from certrisk.operators.base import CertriskOperator
+from certrisk.operators.reference import read_staged_batch
+from certrisk.risk.certify import certify_with_spec, derive_seeds, method_available
+from certrisk.risk.models import load_model, predict
+from certrisk.schemas.columns import CERTIFICATE_COLUMNS, PREDICTION_COLUMNS, SAMPLE_ID, conform
+
+
+class CertifyOperator(CertriskOperator):
+    """Certify one shard of the staged batch with the policy's methods.
+
+    :param batch: the dict a ValidateBatchOperator returned (templated, usually its XComArg).
+    :param shard: ``{"index", "start", "stop"}``; None certifies the whole batch as shard 0.
+    :param device: torch device; default the policy's, else CUDA when available, else CPU.
+
+    Writes ``certificates/shard-NNNNN.parquet`` (CERTIFICATE_COLUMNS, one row per sample and
+    method) and ``predictions/shard-NNNNN.parquet``; returns their paths and a small summary.
+    """
+
+    template_fields: Sequence[str] = (*CertriskOperator.template_fields, "batch", "shard")
+
+    def __init__(self, *, batch: Any, shard: dict | None = None, device: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch = batch
+        self.shard = shard
+        self.device = device
+
+    def run(self, context: Context) -> dict:
+        lp = self.loaded_policy
+        pol = lp.policy
+        shard = self.shard or {"index": 0, "start": 0, "stop": int(self.batch["n_samples"])}
+        batch = read_staged_batch(lp, self.batch, start=shard["start"], stop=shard["stop"])
+        loaded = load_model(pol.model, lp.model_path, device=self.device or pol.certification.device)
+        x = torch.as_tensor(batch.inputs(pol.model.input_shape))
+        base_pred, base_conf = predict(loaded.module, x, device=loaded.device)
+        frames, costs = [], {}
+        run_key = self.run_key(context)
+        for spec in pol.certification.methods:
+            method = str(spec.method)
+            ok, reason = method_available(loaded.module, method)
+            if not ok:
+                self.log.warning("skipping %s: %s", method, reason)
+                continue
+            seeds = derive_seeds(run_key, batch.ids, method)
+            cert = certify_with_spec(loaded.module, x, spec, seeds=seeds, device=loaded.device)
+            frames.append(cert.to_frame(batch.ids))
+            costs[method] = {"seconds": float(cert.seconds), "abstained": int(cert.abstained.sum())}
+        if not frames:
+            raise ValueError("no certification method of the policy applies to this model")
+        root = self.run_dir(context)
+        name = f"shard-{int(shard['index']):05d}.parquet"
+        certs = conform(pd.concat(frames, ignore_index=True), CERTIFICATE_COLUMNS, table="certificates")
+        preds = conform(
+            pd.DataFrame({SAMPLE_ID: batch.ids, "base_prediction": base_pred, "base_confidence": base_conf}),
+            PREDICTION_COLUMNS,
+            table="predictions",
+        )
+        out = {
+            "index": int(shard["index"]),
+            "n_samples": len(batch),
+            "certificates": write_parquet(root / "certificates" / name, certs),
+            "predictions": write_parquet(root / "predictions" / name, preds),
+            "model_sha256": loaded.sha256,
+            "device": str(loaded.device),
+            "costs": costs,
+        }
+        self.log.info(
+            "certified shard %d (%d samples) on %s: %s",
+            out["index"], len(batch), loaded.device,
+            ", ".join(f"{m} {c['seconds']:.2f}s, {c['abstained']} abstained" for m, c in costs.items()),
+        )
+        return out
+
+
+class MergeCertificatesOperator(CertriskOperator):
+    """Merge shard artifacts in sample order into ``certificates.parquet`` and ``predictions.parquet``.
+
+    :param shard_results: the mapped CertifyOperator's outputs (templated XComArg).
+    """
+
+    template_fields: Sequence[str] = (*CertriskOperator.template_fields, "shard_results")
+
+    def __init__(self, *, shard_results: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shard_results = shard_results
+
+    def run(self, context: Context) -> dict:
+        results = sorted(self.shard_results, key=lambda r: r["index"])
+        certs = pd.concat([read_parquet(r["certificates"]) for r in results], ignore_index=True)
+        preds = pd.concat([read_parquet(r["predictions"]) for r in results], ignore_index=True)
+        # Shard order is sample order; within it, group rows by method in policy order.
+        methods = list(dict.fromkeys(certs["method"]))
+        order = {sid: i for i, sid in enumerate(preds[SAMPLE_ID])}
+        certs = certs.assign(_m=certs["method"].map(methods.index), _s=certs[SAMPLE_ID].map(order))
+        certs = certs.sort_values(["_m", "_s"], kind="stable").drop(columns=["_m", "_s"]).reset_index(drop=True)
+        root = self.run_dir(context)
+        costs: dict[str, dict] = {}
+        for r in results:
+            for method, c in r["costs"].items():
+                agg = costs.setdefault(method, {"seconds": 0.0, "abstained": 0})
+                agg["seconds"] += c["seconds"]
+                agg["abstained"] += c["abstained"]
+        model_shas = {r["model_sha256"] for r in results}
+        if len(model_shas) != 1:
+            raise ValueError(f"shards certified different model files: {sorted(model_shas)}")
+        out = {
+            "certificates": write_parquet(root / "certificates.parquet", certs),
+            "predictions": write_parquet(root / "predictions.parquet", preds),
+            "n_samples": len(preds),
+            "n_shards": len(results),
+            "model_sha256": model_shas.pop(),
+            "devices": sorted({r["device"] for r in results}),
+            "costs": costs,
+        }
+        self.log.info("merged %d shard(s): %d samples, %d certificate rows", len(results), len(preds), len(certs))
+        return out

@@ -1,0 +1,110 @@
+"""``certrisk_dag``: a whole certification-aware risk pipeline from a policy, in one call.
+
+::
+
+    from certrisk.operators import certrisk_dag
+
+    dag = certrisk_dag("policies/fraud.yaml", dag_id="fraud_risk", schedule="@daily",
+                       batch_uri="s3://bucket/batches/{{ ds }}.parquet")
+
+The DAG: validate -> certify (mapped over shards, on the policy's queue and pool) -> merge ->
+context; rules and drift in parallel; score -> governance write -> alert (fails the run when the
+batch tier reaches the policy's alert tier, after the record has landed).
+
+Only the policy YAML is read at parse time (for the certify queue and pool); models, data and
+connections are touched only when tasks run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Param
+
+from certrisk.operators.certify import CertifyOperator, MergeCertificatesOperator
+from certrisk.operators.governance import GovernanceWriteOperator, RiskAlertOperator
+from certrisk.operators.hooks import GovernanceHook
+from certrisk.operators.score import RiskScoreOperator
+from certrisk.operators.signals import ContextOperator, DriftOperator, RuleCheckOperator
+from certrisk.operators.validate import ValidateBatchOperator
+from certrisk.schemas.policy import load_policy
+
+
+def certrisk_dag(
+    policy_path: str,
+    *,
+    dag_id: str,
+    batch_uri: str,
+    schedule: Any = "@daily",
+    start_date: datetime | None = None,
+    catchup: bool = False,
+    artifacts_uri: str | None = None,
+    certrisk_conn_id: str = GovernanceHook.default_conn_name,
+    alert: bool = True,
+    report: bool = True,
+    write_retries: int = 2,
+    tags: Iterable[str] = ("certrisk",),
+    default_args: dict[str, Any] | None = None,
+    **dag_kwargs: Any,
+) -> DAG:
+    """Build a certrisk DAG for one model's policy.
+
+    :param policy_path: the policy YAML (read now for queue and pool; read again by every task).
+    :param batch_uri: default of the ``batch_uri`` DAG param: the batch each run scores (templated,
+        e.g. ``.../{{ ds }}.parquet``; ``${CERTRISK_HOME}`` expands).
+    :param artifacts_uri: root of run artifacts; default ``file://$CERTRISK_HOME/artifacts``.
+    :param alert: end the run with a task that fails when the batch tier reaches the alert tier.
+    :param report: write the per-run compliance report as an artifact.
+    """
+    policy = load_policy(policy_path).policy
+    cert = policy.certification
+    common = {"policy_path": policy_path, "artifacts_uri": artifacts_uri}
+    certify_routing = {"queue": cert.queue}
+    if cert.pool:
+        certify_routing["pool"] = cert.pool
+    with DAG(
+        dag_id,
+        schedule=schedule,
+        start_date=start_date or datetime(2026, 1, 1, tzinfo=UTC),
+        catchup=catchup,
+        params={
+            "batch_uri": Param(batch_uri, type="string", description="Batch file (parquet or npz) this run scores."),
+        },
+        tags=list(tags),
+        default_args=default_args or {},
+        **dag_kwargs,
+    ) as dag:
+        validate = ValidateBatchOperator(task_id="validate", batch_uri="{{ params.batch_uri }}", **common)
+        certify = CertifyOperator.partial(
+            task_id="certify", batch=validate.output, **certify_routing, **common
+        ).expand(shard=validate.output["shards"])
+        merged = MergeCertificatesOperator(task_id="merge_certificates", shard_results=certify.output, **common)
+        rules = RuleCheckOperator(task_id="rules", batch=validate.output, **common)
+        drift = DriftOperator(task_id="drift", batch=validate.output, **common)
+        ctx = ContextOperator(task_id="context", batch=validate.output, certified=merged.output, **common)
+        scored = RiskScoreOperator(
+            task_id="score",
+            batch=validate.output,
+            certified=merged.output,
+            rules=rules.output,
+            drift=drift.output,
+            context_result=ctx.output,
+            **common,
+        )
+        recorded = GovernanceWriteOperator(
+            task_id="governance_write",
+            batch=validate.output,
+            certified=merged.output,
+            scored=scored.output,
+            rules=rules.output,
+            drift=drift.output,
+            certrisk_conn_id=certrisk_conn_id,
+            retries=write_retries,
+            retry_delay=timedelta(seconds=5),
+            **common,
+        )
+        if alert:
+            RiskAlertOperator(task_id="alert", scored=scored.output, recorded=recorded.output, **common)
+    return dag
