@@ -159,24 +159,48 @@ class DriftSpec(_Strict):
     max_reference: int | None = Field(default=None, ge=10, description="Subsample the reference to this size.")
 
 
-class ScoringSpec(_Strict):
-    """Per-sample factor weights, tier thresholds and the batch rule."""
+#: Default factor weights (see ScoringSpec for why these values).
+DEFAULT_WEIGHTS = {
+    "abstention": 0.6,
+    "radius_rank": 0.15,
+    "context": 0.15,
+    "rules": 0.4,
+    "novelty": 0.2,
+    "instability": 0.3,
+}
 
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {
-            "abstention": 0.6,
-            "radius_rank": 0.15,
-            "context": 0.15,
-            "rules": 0.4,
-            "novelty": 0.2,
-            "instability": 0.3,
-        }
-    )
-    thresholds: dict[Tier, float] = Field(
-        default_factory=lambda: {Tier.MEDIUM: 0.25, Tier.HIGH: 0.5, Tier.CRITICAL: 0.85}
-    )
+#: Default tier thresholds on the per-sample risk in [0, 1].
+DEFAULT_THRESHOLDS = {Tier.MEDIUM: 0.25, Tier.HIGH: 0.5, Tier.CRITICAL: 0.85}
+
+
+class ScoringSpec(_Strict):
+    """Per-sample factor weights, tier thresholds and the batch rule.
+
+    The scorer (``certrisk.risk.score``) combines factors f_i in [0, 1] with weights w_i in [0, 1]
+    as ``risk = 1 - prod_i (1 - w_i * f_i)``: monotone in every factor, 0 when no factor is
+    present, at least ``max_i w_i f_i``. Tiers: risk >= thresholds[critical] is critical, else
+    >= high is high, else >= medium is medium, else low.
+
+    Why the defaults (by construction, not by tuning):
+
+    * abstention alone reaches tier high: an abstained sample has risk >= w_abstention = 0.6,
+      and 0.6 >= thresholds[high] = 0.5;
+    * a certified sample with no other factor never ranks above an abstained one: the
+      certificate-derived factors of a certified sample (radius_rank, context, instability) give
+      at most 1 - (1 - 0.15)(1 - 0.15)(1 - 0.3) = 0.494 < 0.6 <= the risk of any abstained
+      sample. It also stays below tier high (0.494 < 0.5): only abstention, failed rules or
+      novelty lift a sample to high.
+
+    ``weights`` may name a subset of the factors: the others keep their default weight (set a
+    weight to 0 to switch a factor off). ``high_share``: a batch whose share of samples at tier
+    high or above exceeds it is at least high (critical samples: critical). ``abstention_p``:
+    the level of the one-sided test that the batch abstains more often than the reference.
+    """
+
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    thresholds: dict[Tier, float] = Field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     reference_abstention_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Known abstention rate on clean data; default: measured on the reference."
+        default=None, ge=0, le=1, description="Known abstention rate on held-out data; default: measured on the reference."
     )
     abstention_p: float = Field(default=0.01, gt=0, lt=1, description="Batch abstention test level.")
     high_share: float = Field(default=0.2, gt=0, le=1, description="Share of high+ samples that makes the batch high.")
@@ -192,7 +216,7 @@ class ScoringSpec(_Strict):
         bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
         if bad:
             raise ValueError(f"weights must lie in [0, 1], got {bad}")
-        return value
+        return {name: float(value.get(name, DEFAULT_WEIGHTS[name])) for name in FACTORS}
 
     @field_validator("thresholds")
     @classmethod

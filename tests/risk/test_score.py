@@ -1,0 +1,579 @@
+"""Tests of the composite risk scorer: hand-built cases with known tiers, input checks, the
+batch rule, and properties (hypothesis) of the combination rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certrisk.risk.score import (
+    abstention_alone,
+    abstention_test,
+    assign_tiers,
+    certified_ceiling,
+    combine_factors,
+    factor_contributions,
+    score_batch,
+    score_samples,
+    weight_vector,
+)
+from certrisk.schemas.columns import (
+    CERTIFICATE_COLUMNS,
+    CONTEXT_COLUMNS,
+    DRIFT_TEST_COLUMNS,
+    FACTORS,
+    NOVELTY_COLUMNS,
+    PREDICTION_COLUMNS,
+    RULE_EXPECTATION_COLUMNS,
+    RULE_SAMPLE_COLUMNS,
+    SAMPLE_RISK_COLUMNS,
+)
+from certrisk.schemas.enums import Tier
+from certrisk.schemas.errors import InputError
+from certrisk.schemas.policy import ScoringSpec, parse_policy
+from certrisk.schemas.rmf import catalog
+
+FORBIDDEN = ("safe", "secure", "not attacked", "clean")
+
+POLICY_DATA = {
+    "model": {
+        "name": "toy",
+        "path": "toy.safetensors",
+        "factory": "toy:build",
+        "input_shape": [1, 8, 8],
+        "classes": ["a", "b", "c"],
+    },
+    "data": {"reference": "ref.parquet"},
+    "certification": {"methods": [{"method": "smoothing", "sigma": 0.25, "n": 2000, "alpha": 0.001}]},
+    "risk_tolerance": "Abstained samples go to human review.",
+}
+
+
+def make_policy(**scoring):
+    data = dict(POLICY_DATA)
+    if scoring:
+        data["scoring"] = scoring
+    return parse_policy(data, source="test-policy.yaml")
+
+
+POLICY = make_policy()
+
+
+def certs(rows):
+    """rows: (sample_id, prediction, abstained[, method, sigma])."""
+    out = []
+    for r in rows:
+        sid, pred, abst = r[:3]
+        method = r[3] if len(r) > 3 else "smoothing"
+        sigma = r[4] if len(r) > 4 else (0.25 if method == "smoothing" else np.nan)
+        out.append(
+            {
+                "sample_id": sid,
+                "method": method,
+                "norm": "l2",
+                "prediction": pred,
+                "abstained": abst,
+                "radius": 0.0 if abst else 0.5,
+                "radius_l1": 0.0 if abst else 0.5,
+                "radius_l2": 0.0 if abst else 0.5,
+                "radius_linf": 0.0 if abst else 0.0625,
+                "p_lower": 0.4 if abst else 0.97,
+                "n_forward": 2064,
+                "alpha": 0.001,
+                "sigma": sigma,
+                "eps": np.nan,
+                "seed": 1,
+                "seconds": 0.01,
+                "peak_bytes": 1,
+                "device": "cpu",
+                "dtype": "float32",
+            }
+        )
+    return pd.DataFrame(out, columns=list(CERTIFICATE_COLUMNS))
+
+
+def preds(rows):
+    return pd.DataFrame(
+        [{"sample_id": s, "base_prediction": p, "base_confidence": 0.9} for s, p in rows],
+        columns=list(PREDICTION_COLUMNS),
+    )
+
+
+def context(rows, method="smoothing"):
+    """rows: (sample_id, radius_over_dist, radius_percentile)."""
+    return pd.DataFrame(
+        [
+            {
+                "sample_id": s,
+                "method": method,
+                "dist_other_class": 1.0,
+                "dist_same_class": 0.5,
+                "share_ref_in_ball": 0.0,
+                "radius_over_dist": ratio,
+                "radius_percentile": pct,
+            }
+            for s, ratio, pct in rows
+        ],
+        columns=list(CONTEXT_COLUMNS),
+    )
+
+
+def rules(rows):
+    return pd.DataFrame(
+        [
+            {"sample_id": s, "n_failed": int(sev != "none"), "max_severity": sev, "failed": []}
+            for s, sev in rows
+        ],
+        columns=list(RULE_SAMPLE_COLUMNS),
+    )
+
+
+def novelty(rows):
+    return pd.DataFrame(
+        [
+            {"sample_id": s, "knn_distance": 1.0, "novelty_percentile": p, "domain_probability": np.nan}
+            for s, p in rows
+        ],
+        columns=list(NOVELTY_COLUMNS),
+    )
+
+
+def no_forbidden_words(obj) -> None:
+    text = json.dumps(obj, default=str).lower()
+    for word in FORBIDDEN:
+        assert word not in text, f"{word!r} in {text[:200]}"
+
+
+# ---------------------------------------------------------------------------- hand-built cases
+
+
+def test_hand_built_tiers_and_factors():
+    ids = ["certified", "abstained", "unstable", "rule_crit", "abstained_rule_novel", "disagree"]
+    c = certs(
+        [
+            ("certified", 1, False),
+            ("abstained", -1, True),
+            ("unstable", 2, False),
+            ("rule_crit", 0, False),
+            ("abstained_rule_novel", -1, True),
+            ("disagree", 1, False),
+            ("disagree", 2, False, "ibp", np.nan),
+        ]
+    )
+    p = preds(
+        [
+            ("certified", 1),
+            ("abstained", 1),
+            ("unstable", 0),
+            ("rule_crit", 0),
+            ("abstained_rule_novel", 2),
+            ("disagree", 1),
+        ]
+    )
+    r = rules([(i, "critical" if i in ("rule_crit", "abstained_rule_novel") else "none") for i in ids])
+    nv = novelty([(i, 1.0 if i == "abstained_rule_novel" else 0.0) for i in ids])
+    out = score_samples(certificates=c, predictions=p, policy=POLICY, rules=r, novelty=nv)
+    assert list(out.columns) == list(SAMPLE_RISK_COLUMNS)
+    assert list(out["sample_id"]) == ids
+    got = dict(zip(out["sample_id"], out["tier"], strict=True))
+    assert got == {
+        "certified": "low",  # no factor
+        "abstained": "high",  # 0.6
+        "unstable": "medium",  # 0.3
+        "rule_crit": "medium",  # 0.4
+        "abstained_rule_novel": "high",  # 1 - 0.4 * 0.6 * 0.8 = 0.808 < 0.85
+        "disagree": "high",  # methods disagree: abstention, 0.6
+    }
+    risk = dict(zip(out["sample_id"], out["risk"], strict=True))
+    assert risk["certified"] == 0.0
+    assert risk["abstained"] == pytest.approx(0.6)
+    assert risk["unstable"] == pytest.approx(0.3)
+    assert risk["rule_crit"] == pytest.approx(0.4)
+    assert risk["abstained_rule_novel"] == pytest.approx(1 - 0.4 * 0.6 * 0.8)
+    assert risk["disagree"] == pytest.approx(0.6)
+    row = out.set_index("sample_id")
+    assert row.loc["abstained", "prediction"] == -1 and row.loc["abstained", "abstained"]
+    assert row.loc["disagree", "abstained"] and row.loc["disagree", "prediction"] == 1
+    assert not row.loc["unstable", "abstained"] and row.loc["unstable", "base_prediction"] == 0
+    assert row.loc["certified", "top_factors"] == []
+    assert row.loc["abstained_rule_novel", "top_factors"] == ["abstention", "rules", "novelty"]
+    contrib = row.loc[:, [f"factor_{f}" for f in FACTORS]].sum(axis=1)
+    np.testing.assert_allclose(contrib.to_numpy(), row["risk"].to_numpy())
+    assert "MEASURE 2.7" in row.loc["abstained", "rmf_ids"]
+    assert "MEASURE 2.1" in row.loc["certified", "rmf_ids"]  # rules were checked
+    assert "MEASURE 2.4" in row.loc["certified", "rmf_ids"]  # novelty was measured
+    assert set(out.attrs["not_measured"]) == {"radius_rank", "context"}
+    no_forbidden_words(out.drop(columns=["risk"]).astype(str).to_dict("list"))
+
+
+def test_critical_needs_abstention_plus_strong_evidence():
+    ids = ["a"]
+    c = certs([("a", -1, True)])
+    p = preds([("a", 0)])
+    out = score_samples(
+        certificates=c,
+        predictions=p,
+        policy=POLICY,
+        rules=rules([("a", "critical")]),
+        novelty=novelty([("a", 1.0)]),
+        context=context([("a", np.nan, np.nan)]),
+    )
+    # abstained + radius 0 + context + critical rule + maximal novelty
+    expected = 1 - 0.4 * 0.85 * 0.85 * 0.6 * 0.8
+    assert out.loc[0, "risk"] == pytest.approx(expected)
+    assert out.loc[0, "tier"] == "critical"
+    assert out.loc[0, "top_factors"][0] == "abstention"
+    assert out.attrs["not_measured"] == []
+    assert ids == list(out["sample_id"])
+
+
+def test_context_factors():
+    c = certs([("near", 0, False), ("far", 0, False), ("abst", -1, True)])
+    p = preds([("near", 0), ("far", 0), ("abst", 0)])
+    ctx = context([("near", 0.1, 0.2), ("far", 0.6, 0.9), ("abst", np.nan, np.nan)])
+    out = score_samples(certificates=c, predictions=p, policy=POLICY, context=ctx).set_index("sample_id")
+    # near: radius_rank 0.8, context 1 - 0.2 = 0.8 -> 1 - (1 - 0.12)^2
+    assert out.loc["near", "risk"] == pytest.approx(1 - (1 - 0.15 * 0.8) ** 2)
+    assert out.loc["far", "risk"] == pytest.approx(0.15 * 0.1)  # context 0 beyond half way
+    assert out.loc["far", "top_factors"] == ["radius_rank"]
+    assert out.loc["abst", "risk"] == pytest.approx(1 - 0.4 * 0.85 * 0.85)
+    assert out.loc["near", "tier"] == "low"
+
+
+def test_context_of_other_methods_is_ignored():
+    c = certs([("a", 0, False), ("a", 0, False, "ibp", np.nan)])
+    ctx = pd.concat([context([("a", 0.6, 1.0)]), context([("a", 0.0, 0.0)], method="ibp")])
+    out = score_samples(certificates=c, predictions=preds([("a", 0)]), policy=POLICY, context=ctx)
+    assert out.loc[0, "risk"] == 0.0
+
+
+def test_smoothing_at_another_sigma_does_not_drive():
+    c = certs([("a", -1, True, "smoothing", 0.5), ("a", 1, False)])
+    out = score_samples(certificates=c, predictions=preds([("a", 1)]), policy=POLICY)
+    assert not out.loc[0, "abstained"] and out.loc[0, "prediction"] == 1
+
+
+def test_without_smoothing_the_first_method_drives():
+    data = dict(POLICY_DATA, certification={"methods": [{"method": "ibp", "eps": 0.1}]})
+    policy = parse_policy(data)
+    c = certs([("a", -1, True, "ibp", np.nan), ("b", 2, False, "ibp", np.nan)])
+    out = score_samples(certificates=c, predictions=preds([("a", 0), ("b", 2)]), policy=policy)
+    assert list(out["abstained"]) == [True, False]
+    assert list(out["prediction"]) == [-1, 2]
+
+
+def test_output_follows_prediction_order():
+    c = certs([("b", 0, False), ("a", -1, True), ("c", 1, False)])
+    p = preds([("c", 1), ("a", 1), ("b", 0)])
+    out = score_samples(certificates=c, predictions=p, policy=POLICY)
+    assert list(out["sample_id"]) == ["c", "a", "b"]
+    assert list(out["abstained"]) == [False, True, False]
+
+
+# ---------------------------------------------------------------------------- input checks
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"certificates": certs([("a", 0, False), ("zz", 0, False)])}, "not in the predictions: 'zz'"),
+        (
+            {"certificates": certs([("a", 0, False)]), "p": [("a", 0), ("b", 0)]},
+            "no certificate for 1 sample",
+        ),
+        ({"certificates": certs([("a", 0, False), ("a", 0, False)])}, "duplicate driving certificate"),
+        ({"certificates": certs([("a", 0, False, "smoothing", 0.5)])}, r"sigma=0.25"),
+        ({"p": [("a", 0), ("a", 1)]}, "duplicate sample_id"),
+        ({"p": []}, "empty batch"),
+        ({"novelty": novelty([("a", np.nan)])}, "novelty_percentile"),
+        ({"novelty": novelty([("a", 1.5)])}, "novelty_percentile"),
+        ({"rules": rules([("a", "fatal")])}, "unknown value"),
+        ({"rules": rules([("b", "none")])}, "'b'"),
+        ({"context": context([("a", np.nan, 0.5)])}, "radius_over_dist"),
+        ({"context": context([("a", 0.5, np.nan)])}, "radius_percentile"),
+    ],
+)
+def test_bad_inputs_raise(kwargs, match):
+    c = kwargs.pop("certificates", certs([("a", 0, False)]))
+    p = preds(kwargs.pop("p", [("a", 0)]))
+    with pytest.raises(InputError, match=match):
+        score_samples(certificates=c, predictions=p, policy=POLICY, **kwargs)
+
+
+def test_missing_column_named():
+    c = certs([("a", 0, False)]).drop(columns=["abstained"])
+    with pytest.raises(InputError, match="abstained"):
+        score_samples(certificates=c, predictions=preds([("a", 0)]), policy=POLICY)
+
+
+# ---------------------------------------------------------------------------- batch
+
+
+def _batch(n_abst, n, *, seed=0):
+    ids = [f"s{i}" for i in range(n)]
+    c = certs([(s, -1, True) if i < n_abst else (s, 0, False) for i, s in enumerate(ids)])
+    return score_samples(certificates=c, predictions=preds([(s, 0) for s in ids]), policy=POLICY)
+
+
+def drift_frame(rejected: bool):
+    return pd.DataFrame(
+        [
+            {
+                "test": "mmd",
+                "family": "multivariate",
+                "feature": "*",
+                "statistic": 0.1,
+                "p_value": 0.001,
+                "q_value": 0.002 if rejected else 0.5,
+                "effect_size": 0.1,
+                "effect_name": "mmd2",
+                "drift": rejected,
+            }
+        ],
+        columns=list(DRIFT_TEST_COLUMNS),
+    )
+
+
+def expectations(success: bool, severity="warning", level="row"):
+    return pd.DataFrame(
+        [
+            {
+                "expectation": "range:x",
+                "expectation_type": "expect_column_values_to_be_between",
+                "column": "x",
+                "severity": severity,
+                "level": level,
+                "success": success,
+                "observed_value": "{}",
+                "unexpected_count": 0 if success else 3,
+                "rmf_ids": ["MEASURE 2.1"],
+            }
+        ],
+        columns=list(RULE_EXPECTATION_COLUMNS),
+    )
+
+
+def test_batch_low_when_abstention_matches_reference():
+    sr = _batch(5, 200)
+    summary = score_batch(
+        sr,
+        policy=POLICY,
+        drift_tests=drift_frame(False),
+        rule_expectations=expectations(True),
+        reference_abstention_rate=0.03,
+        n_reference=None,
+    )
+    json.dumps(summary)
+    assert summary["tier"] == "low", summary["reasons"]
+    assert summary["tier_counts"] == {"low": 195, "medium": 0, "high": 5, "critical": 0}
+    assert summary["abstention_rate"] == pytest.approx(0.025)
+    assert summary["abstention_test"] == "binomial"
+    assert not summary["abstention_elevated"] and summary["drift"] is False
+    assert summary["rule_pass_rate"] == 1.0
+    assert summary["not_measured"] == ["radius_rank", "context", "rules", "novelty"]
+    assert set(summary["risk_quantiles"]) == {"p50", "p90", "p99", "max"}
+    assert set(summary["rmf_ids"]) <= set(catalog())
+    assert "MEASURE 1.1" in summary["rmf_ids"]  # what was not measured is documented
+    no_forbidden_words(summary)
+
+
+def test_batch_elevated_abstention_is_high_and_with_high_share_critical():
+    moderate = score_batch(
+        _batch(20, 200),
+        policy=POLICY,
+        drift_tests=None,
+        rule_expectations=None,
+        reference_abstention_rate=0.03,
+        n_reference=None,
+    )
+    assert moderate["abstention_elevated"] and moderate["abstention_p_value"] < 0.01
+    assert moderate["tier"] == "high"
+    assert moderate["reasons"][0].startswith("high: abstention elevated")
+    assert "drift" in moderate["not_measured"] and moderate["drift"] is None
+    heavy = score_batch(
+        _batch(100, 200),
+        policy=POLICY,
+        drift_tests=None,
+        rule_expectations=None,
+        reference_abstention_rate=0.03,
+        n_reference=None,
+    )
+    assert heavy["tier"] == "critical"
+    assert heavy["high_share"] == pytest.approx(0.5)
+    no_forbidden_words([moderate, heavy])
+
+
+def test_batch_drift_and_rules():
+    sr = _batch(0, 100)
+    drifted = score_batch(
+        sr,
+        policy=POLICY,
+        drift_tests=drift_frame(True),
+        rule_expectations=None,
+        reference_abstention_rate=0.03,
+        n_reference=None,
+    )
+    assert drifted["tier"] == "high" and drifted["n_drift_tests_rejected"] == 1
+    assert drifted["drift_rejected"] == ["mmd:*"]
+    assert "MEASURE 2.4" in drifted["rmf_ids"]
+    failed = score_batch(
+        sr,
+        policy=POLICY,
+        drift_tests=None,
+        rule_expectations=expectations(False),
+        reference_abstention_rate=None,
+        n_reference=None,
+    )
+    assert failed["tier"] == "medium" and failed["rule_pass_rate"] == 0.0
+    assert "abstention_test" in failed["not_measured"] and failed["abstention_p_value"] is None
+    crit = score_batch(
+        sr,
+        policy=POLICY,
+        drift_tests=None,
+        rule_expectations=expectations(False, severity="critical", level="batch"),
+        reference_abstention_rate=None,
+        n_reference=None,
+    )
+    assert crit["tier"] == "critical"
+    sr_abst = _batch(30, 100)
+    both = score_batch(
+        sr_abst,
+        policy=make_policy(high_share=0.5),
+        drift_tests=drift_frame(True),
+        rule_expectations=None,
+        reference_abstention_rate=0.03,
+        n_reference=None,
+    )
+    assert both["tier"] == "critical"
+    assert any("drift detected and abstention elevated" in r for r in both["reasons"])
+
+
+def test_batch_reference_rate_from_policy():
+    summary = score_batch(
+        _batch(20, 200),
+        policy=make_policy(reference_abstention_rate=0.03),
+        drift_tests=None,
+        rule_expectations=None,
+        reference_abstention_rate=None,
+        n_reference=None,
+    )
+    assert summary["reference_abstention_rate"] == 0.03 and summary["abstention_test"] == "binomial"
+
+
+def test_estimated_reference_rate_is_tested_conservatively():
+    # the same counts are less significant when the reference rate is itself estimated
+    p_known, name_known = abstention_test(20, 200, 0.05, None)
+    p_est, name_est = abstention_test(20, 200, 0.05, 200)
+    assert name_known == "binomial" and name_est == "fisher_exact"
+    assert p_est > p_known
+    from scipy import stats
+
+    assert p_known == pytest.approx(stats.binomtest(20, 200, 0.05, alternative="greater").pvalue)
+    assert p_est == pytest.approx(stats.fisher_exact([[20, 180], [10, 190]], alternative="greater").pvalue)
+
+
+# ---------------------------------------------------------------------------- defaults by construction
+
+
+def test_default_policy_guarantees():
+    risk, tier = abstention_alone(POLICY)
+    assert tier == Tier.HIGH and risk == pytest.approx(0.6)
+    assert certified_ceiling(POLICY) < risk
+    assert certified_ceiling(POLICY) < POLICY.scoring.thresholds[Tier.HIGH]
+
+
+# ---------------------------------------------------------------------------- properties
+
+unit = st.floats(0.0, 1.0, allow_nan=False)
+factor_rows = st.lists(unit, min_size=len(FACTORS), max_size=len(FACTORS))
+weight_rows = st.lists(unit, min_size=len(FACTORS), max_size=len(FACTORS))
+
+
+@settings(deadline=None, max_examples=200)
+@given(factor_rows, weight_rows, st.integers(0, len(FACTORS) - 1), unit)
+def test_raising_a_factor_never_lowers_risk_or_tier(factors, weights, which, bump):
+    f = np.array([factors])
+    w = np.array(weights)
+    raised = f.copy()
+    raised[0, which] = max(raised[0, which], bump)
+    assert combine_factors(raised, w)[0] >= combine_factors(f, w)[0]
+    scoring = ScoringSpec()
+    before = Tier(assign_tiers(combine_factors(f, w), scoring)[0])
+    after = Tier(assign_tiers(combine_factors(raised, w), scoring)[0])
+    assert after >= before
+
+
+@settings(deadline=None, max_examples=200)
+@given(factor_rows, weight_rows)
+def test_contributions_are_nonnegative_and_sum_to_risk(factors, weights):
+    f = np.array([factors])
+    w = np.array(weights)
+    risk = combine_factors(f, w)
+    c = factor_contributions(f, w, risk)
+    assert (c >= 0).all()
+    assert c.sum() == pytest.approx(risk[0], abs=1e-9)
+    assert 0.0 <= risk[0] <= 1.0
+
+
+@settings(deadline=None, max_examples=200)
+@given(factor_rows, unit, unit, unit)
+def test_abstained_outranks_certified_with_certificate_factors_only(abst_other, rank, ctx, instab):
+    w = weight_vector(POLICY.scoring)
+    a = np.array([abst_other])
+    a[0, FACTORS.index("abstention")] = 1.0
+    c = np.zeros((1, len(FACTORS)))
+    c[0, FACTORS.index("radius_rank")] = rank
+    c[0, FACTORS.index("context")] = ctx
+    c[0, FACTORS.index("instability")] = instab
+    ra, rc = combine_factors(a, w)[0], combine_factors(c, w)[0]
+    assert ra > rc
+    tiers = assign_tiers(np.array([ra, rc]), POLICY.scoring)
+    assert Tier(tiers[0]) >= Tier.HIGH > Tier(tiers[1])
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["none", "info", "warning", "critical"]), unit, unit, unit),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_scored_batches_are_well_formed(rows):
+    ids = [f"x{i}" for i in range(len(rows))]
+    c = certs([(s, -1, True) if r[0] else (s, 1, False) for s, r in zip(ids, rows, strict=True)])
+    out = score_samples(
+        certificates=c,
+        predictions=preds([(s, 1) for s in ids]),
+        policy=POLICY,
+        rules=rules([(s, r[1]) for s, r in zip(ids, rows, strict=True)]),
+        novelty=novelty([(s, r[2]) for s, r in zip(ids, rows, strict=True)]),
+        context=context([(s, r[3], r[4]) for s, r in zip(ids, rows, strict=True)]),
+    )
+    abst = out["abstained"].to_numpy()
+    assert (out.loc[abst, "tier"].isin(["high", "critical"])).all()
+    if abst.any() and (~abst).any():
+        # certified samples whose only factors come from the certificate rank below every abstained one
+        cert_only = (~abst) & (out["factor_rules"] == 0).to_numpy() & (out["factor_novelty"] == 0).to_numpy()
+        if cert_only.any():
+            assert out.loc[cert_only, "risk"].max() < out.loc[abst, "risk"].min()
+    for top, row in zip(out["top_factors"], out.itertuples(), strict=True):
+        values = [getattr(row, f"factor_{name}") for name in top]
+        assert values == sorted(values, reverse=True) and all(v > 0 for v in values)
+    ids_all = set(catalog())
+    assert all(set(r) <= ids_all for r in out["rmf_ids"])
+    summary = score_batch(
+        out,
+        policy=POLICY,
+        drift_tests=None,
+        rule_expectations=None,
+        reference_abstention_rate=0.05,
+        n_reference=1000,
+    )
+    json.dumps(summary)
+    no_forbidden_words(summary)
