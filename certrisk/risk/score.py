@@ -35,7 +35,7 @@ the distance to a class change, not to an adversarial input.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -57,7 +57,14 @@ from certrisk.schemas.columns import (
 from certrisk.schemas.enums import Method, Severity, Tier
 from certrisk.schemas.errors import InputError
 from certrisk.schemas.policy import Policy, ScoringSpec
-from certrisk.schemas.rmf import EVIDENCE, FACTOR_EVIDENCE, evidence_ids
+from certrisk.schemas.rmf import (
+    EVIDENCE,
+    EVIDENCE_DESCRIPTIONS,
+    FACTOR_EVIDENCE,
+    catalog,
+    evidence_ids,
+    unevidenced_note,
+)
 
 #: Factor value of each rule severity.
 SEVERITY_FACTOR = {
@@ -652,6 +659,149 @@ def certified_ceiling(policy: Policy) -> float:
     return float(combine_factors(f, weight_vector(policy.scoring))[0])
 
 
+# --------------------------------------------------------------------------------------------
+# NIST AI RMF coverage of a run
+
+
+def run_evidence_kinds(
+    *, sample_risk: pd.DataFrame | None, batch_summary: Mapping | None, evidence_kinds: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """Evidence kinds a run produced: the scorer's (policy, certificates, tiers, measured
+    factors and tests, the documented unmeasured list) plus ``evidence_kinds`` named by the caller
+    (e.g. "run_record", "audit_chain", "limitations", "test_sets", "alert", "model_inventory")."""
+    kinds = {"policy", "unmeasured"}
+    kinds.update(evidence_kinds)
+    if sample_risk is not None and len(sample_risk):
+        kinds.update({"certificate", "risk_tiers"})
+        measured = sample_risk.attrs.get("measured")
+        if measured is not None:
+            kinds.update(FACTOR_EVIDENCE[name] for name in measured)
+    if batch_summary:
+        kinds.update(batch_summary.get("evidence_kinds", ()))
+    unknown = sorted(kinds - set(EVIDENCE))
+    if unknown:
+        raise InputError(f"unknown RMF evidence kind(s) {unknown}; known: {sorted(EVIDENCE)}")
+    return tuple(sorted(kinds))
+
+
+def rmf_coverage(
+    *,
+    policy: Policy,
+    sample_risk: pd.DataFrame | None,
+    batch_summary: Mapping | None,
+    evidence_kinds: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Which of the 72 NIST AI RMF 1.0 subcategories a run evidences, and which it cannot.
+
+    Returns a DataFrame with one row per subcategory, in Core order: ``id``, ``function``,
+    ``category``, ``evidenced`` (bool), ``evidence`` (the certrisk evidence behind it, "" when
+    none) and ``note``: for a subcategory certrisk can evidence but this run did not, the missing
+    evidence; for one outside certrisk's reach, why, and what a person must document instead
+    (MEASURE 1.1 asks that what is not measured be documented: this table is that record).
+    """
+    kinds = run_evidence_kinds(
+        sample_risk=sample_risk, batch_summary=batch_summary, evidence_kinds=evidence_kinds
+    )
+    by_id: dict[str, list[str]] = {}
+    for kind in kinds:
+        for sid in EVIDENCE[kind]:
+            by_id.setdefault(sid, []).append(kind)
+    possible: dict[str, list[str]] = {}
+    for kind, ids in EVIDENCE.items():
+        for sid in ids:
+            possible.setdefault(sid, []).append(kind)
+    not_measured = list((batch_summary or {}).get("not_measured", ()))
+    rows = []
+    for sid, sub in catalog().items():
+        have = by_id.get(sid, [])
+        if have:
+            evidence = "; ".join(f"{kind}: {EVIDENCE_DESCRIPTIONS[kind]}" for kind in have)
+            note = ""
+            if sid == "MEASURE 1.1" and not_measured:
+                note = f"not measured in this run: {', '.join(not_measured)}"
+        elif sid in possible:
+            evidence = ""
+            note = (
+                f"certrisk evidences this with {', '.join(possible[sid])} evidence, which this run did not "
+                "produce or record"
+            )
+        else:
+            evidence = ""
+            note = unevidenced_note(sid)
+        rows.append(
+            {
+                "id": sid,
+                "function": sub.function,
+                "category": sub.category,
+                "evidenced": bool(have),
+                "evidence": evidence,
+                "note": note,
+            }
+        )
+    return pd.DataFrame(rows, columns=["id", "function", "category", "evidenced", "evidence", "note"])
+
+
+def _evidence_detail(kind: str, policy: Policy, sample_risk: pd.DataFrame | None, summary: Mapping) -> str:
+    n = summary.get("n_samples", len(sample_risk) if sample_risk is not None else 0)
+    if kind == "certificate":
+        methods = ", ".join(f"{m.method.value} ({m.norm.value})" for m in policy.certification.methods)
+        return f"{n} sample(s) certified with {methods}"
+    if kind == "abstention":
+        rate = summary.get("abstention_rate")
+        ref = summary.get("reference_abstention_rate")
+        if rate is None:
+            return EVIDENCE_DESCRIPTIONS[kind]
+        if ref is None:
+            return f"abstention rate {rate:.4f}; no reference rate, not tested"
+        return (
+            f"abstention rate {rate:.4f} against reference {ref:.4f} ({summary.get('abstention_test')} test, "
+            f"p = {summary.get('abstention_p_value'):.3g}, elevated: {summary.get('abstention_elevated')})"
+        )
+    if kind == "drift" and summary.get("n_drift_tests") is not None:
+        return f"{summary['n_drift_tests_rejected']} of {summary['n_drift_tests']} drift test(s) rejected after correction"
+    if kind == "rules" and summary.get("rule_pass_rate") is not None:
+        return f"rule expectation pass rate {summary['rule_pass_rate']:.3f}"
+    if kind == "risk_tiers" and summary.get("tier_counts"):
+        counts = ", ".join(f"{t} {c}" for t, c in summary["tier_counts"].items())
+        return f"batch tier {summary.get('tier')}; sample tiers: {counts}"
+    if kind == "policy":
+        return f"policy of model {policy.model.name}: weights, thresholds, alert tier {policy.alert_tier.value}, risk tolerance stated"
+    if kind == "unmeasured":
+        missing = summary.get("not_measured") or []
+        return (
+            f"not measured in this run: {', '.join(missing)}"
+            if missing
+            else "every factor and test was measured"
+        )
+    return EVIDENCE_DESCRIPTIONS[kind]
+
+
+def run_rmf_evidence(
+    *,
+    policy: Policy,
+    sample_risk: pd.DataFrame | None,
+    batch_summary: Mapping | None,
+    evidence_kinds: Iterable[str] = (),
+) -> list[tuple[str, str, str]]:
+    """Rows for the governance store's rmf_evidence table: (subcategory_id, evidence_kind, detail).
+
+    One row per evidence kind of the run (``run_evidence_kinds``) and subcategory it supports,
+    in Core order. Details are aggregates only (counts, rates, tiers): no radius or confidence
+    bound (DESIGN.md, Principle 4).
+    """
+    kinds = run_evidence_kinds(
+        sample_risk=sample_risk, batch_summary=batch_summary, evidence_kinds=evidence_kinds
+    )
+    summary = dict(batch_summary or {})
+    order = {sid: i for i, sid in enumerate(catalog())}
+    rows = [
+        (sid, kind, _evidence_detail(kind, policy, sample_risk, summary))
+        for kind in kinds
+        for sid in EVIDENCE[kind]
+    ]
+    return sorted(rows, key=lambda r: (order[r[0]], r[1]))
+
+
 __all__ = [
     "NOT_MEASURED_NOTES",
     "SEVERITY_FACTOR",
@@ -661,6 +811,9 @@ __all__ = [
     "certified_ceiling",
     "combine_factors",
     "factor_contributions",
+    "rmf_coverage",
+    "run_evidence_kinds",
+    "run_rmf_evidence",
     "sample_evidence_kinds",
     "score_batch",
     "score_samples",

@@ -95,3 +95,84 @@ def check_ids(ids) -> None:
     unknown = sorted(set(ids) - set(catalog()))
     if unknown:
         raise CertriskError(f"unknown NIST AI RMF subcategory id(s): {unknown}")
+
+
+#: What each evidence kind is, in words a compliance officer reads next to the subcategory.
+EVIDENCE_DESCRIPTIONS = MappingProxyType(
+    {
+        "certificate": "per-sample robustness certificates (method, norm, radius, confidence) and the "
+        "agreement of the base model with the certified prediction",
+        "abstention": "per-sample abstention of the certificate at the policy's noise and confidence, "
+        "and the batch abstention rate tested against the reference",
+        "certificate_context": "radii ranked against the reference distribution and compared with the "
+        "distance to the nearest reference sample of another class",
+        "drift": "batch drift tests against the reference set, corrected across test families",
+        "novelty": "per-sample distance to the reference set as a percentile",
+        "rules": "data rules (expectations) per sample and per batch, with severities",
+        "policy": "the versioned policy (sha256) with weights, thresholds and the risk tolerance statement",
+        "run_record": "the run's record in the governance database: inputs, outputs, tiers, timings",
+        "audit_chain": "the hash-chained audit log over every row a run wrote",
+        "limitations": "the statement of what the certificates cover and what they do not",
+        "test_sets": "the reference set, the test tools and their versions",
+        "risk_tiers": "per-sample and per-batch risk tiers with their factors and reasons",
+        "alert": "an alert raised when the batch tier reaches the policy's alert tier",
+        "model_inventory": "the model registry entry: name, file sha256, policy",
+        "unmeasured": "the documented list of factors, tests and subcategories this run did not measure",
+    }
+)
+
+#: Why certrisk leaves a subcategory to people, per category (MEASURE 1.1: what is not or cannot
+#: be measured is documented). Subcategory entries in UNEVIDENCED_SUBCATEGORY_NOTES override these.
+UNEVIDENCED_CATEGORY_NOTES = MappingProxyType(
+    {
+        "GOVERN 1": "an organisational policy or process; certrisk records the policy file it is given, "
+        "not the organisation's legal review, inventory process or decommissioning plan",
+        "GOVERN 2": "roles, training and accountability of people; document them outside certrisk",
+        "GOVERN 3": "team diversity and human-AI oversight roles; document them outside certrisk",
+        "GOVERN 4": "organisational culture and communication of risks; certrisk's reports can feed it",
+        "GOVERN 5": "engagement with external AI actors and feedback; not observable in a pipeline run",
+        "GOVERN 6": "third-party data, software and model risks; document suppliers and contingencies",
+        "MAP 1": "the intended purpose, context and requirements of the system; stated by people",
+        "MAP 2": "the task definition and scientific integrity of the system's design; stated by people",
+        "MAP 3": "benefits, costs, application scope and human oversight processes; stated by people",
+        "MAP 4": "legal and third-party component risks; documented by people",
+        "MAP 5": "impacts on individuals and communities and engagement with them; assessed by people",
+        "MEASURE 1": "the selection and review of metrics and the involvement of independent assessors; "
+        "certrisk supplies the metrics, people review them",
+        "MEASURE 2": "a trustworthiness characteristic certrisk does not measure (certificates and drift "
+        "speak to robustness and distribution, not to this one)",
+        "MEASURE 3": "processes to track emergent risks and to take feedback from end users",
+        "MEASURE 4": "consultation with domain experts and affected communities about measurement",
+        "MANAGE 1": "decisions on whether to deploy and how to respond to risks; taken by people",
+        "MANAGE 2": "resources, fallbacks and the means to disengage the system; set up by people",
+        "MANAGE 3": "monitoring of third-party resources and pre-trained models",
+        "MANAGE 4": "post-deployment plans, continual improvement and incident communication",
+    }
+)
+
+#: Subcategory-specific notes where the category note is not precise enough.
+UNEVIDENCED_SUBCATEGORY_NOTES = MappingProxyType(
+    {
+        "MEASURE 2.2": "evaluations with human subjects: certrisk runs none",
+        "MEASURE 2.3": "performance against assurance criteria needs labelled production data, which a "
+        "batch run does not have; abstention and drift are proxies, not accuracy",
+        "MEASURE 2.9": "model explanation: certrisk explains its risk scores (factors, reasons), not the "
+        "model's decisions",
+        "MEASURE 2.10": "privacy risk: not measured (certificates say nothing about membership inference "
+        "or data leakage)",
+        "MEASURE 2.11": "fairness and bias: not measured; per-group abstention rates would need group labels",
+        "MEASURE 2.12": "environmental impact: certrisk records compute time and memory per certificate "
+        "but not energy or emissions",
+        "MEASURE 2.13": "the effectiveness of the TEVV metrics themselves: assessed by people, for example "
+        "with the soundness audits under certrisk.risk.audit",
+        "MANAGE 3.2": "pre-trained models: certrisk pins the model file by sha256 but does not monitor "
+        "upstream pre-trained components",
+    }
+)
+
+
+def unevidenced_note(subcategory_id: str) -> str:
+    """Why certrisk does not evidence a subcategory and what a person must document instead."""
+    sub = catalog()[subcategory_id]
+    note = UNEVIDENCED_SUBCATEGORY_NOTES.get(subcategory_id) or UNEVIDENCED_CATEGORY_NOTES[sub.category]
+    return f"Not evidenced by certrisk: {note}."

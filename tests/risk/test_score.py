@@ -577,3 +577,144 @@ def test_scored_batches_are_well_formed(rows):
     )
     json.dumps(summary)
     no_forbidden_words(summary)
+
+
+# ---------------------------------------------------------------------------- limitations
+
+
+@settings(deadline=None, max_examples=25)
+@given(
+    st.floats(0.01, 2.0, allow_nan=False),
+    st.floats(1e-6, 0.2, allow_nan=False),
+    st.integers(10, 200_000),
+    st.sampled_from([None, 1, 64, 3072]),
+)
+def test_limitations_state_norm_sigma_alpha(sigma, alpha, n, dim):
+    from certrisk.risk.limitations import limitations
+
+    data = dict(
+        POLICY_DATA,
+        certification={
+            "methods": [
+                {"method": "smoothing", "sigma": sigma, "alpha": alpha, "n": n},
+                {"method": "ibp", "eps": 0.05},
+            ]
+        },
+    )
+    text = limitations(parse_policy(data), dim=dim)
+    assert f"sigma = {sigma}" in text and f"alpha = {alpha}" in text and f"n = {n}" in text
+    assert "norm l2" in text and "norm linf" in text
+    assert "says nothing about whether a sample was attacked" in text
+    for threat in ("Geometric", "Poisoning", "Model theft", "Other norms"):
+        assert threat in text
+    assert f"(d = {dim if dim else 64})" in text
+    no_forbidden_words(text)
+
+
+def test_limitations_translate_radii_like_the_certify_room():
+    from certrisk.risk.certify.norms import translate_radius
+    from certrisk.risk.certify.stats import clopper_pearson_lower, smoothing_radius
+    from certrisk.risk.limitations import limitations
+
+    text = limitations(POLICY)  # sigma 0.25, n 2000, alpha 0.001, d = 64
+    r = float(smoothing_radius(clopper_pearson_lower(2000, 2000, 0.001), 0.25))
+    assert r == pytest.approx(0.25 * stats_norm_ppf(0.001 ** (1 / 2000)), rel=1e-6)
+    assert f"{r:.4g} (l2)" in text
+    assert f"{float(translate_radius(r, 'l2', 'linf', 64)):.4g} (linf)" in text
+    assert f"{r / 8:.3g}" in text  # linf = r / sqrt(64)
+    assert "risk 0.600, tier high" in text
+
+
+def stats_norm_ppf(p):
+    from scipy.stats import norm
+
+    return norm.ppf(p)
+
+
+# ---------------------------------------------------------------------------- NIST AI RMF
+
+
+def _run():
+    c = certs([("a", -1, True), ("b", 0, False)])
+    sr = score_samples(
+        certificates=c,
+        predictions=preds([("a", 0), ("b", 0)]),
+        policy=POLICY,
+        rules=rules([("a", "none"), ("b", "warning")]),
+    )
+    summary = score_batch(
+        sr,
+        policy=POLICY,
+        drift_tests=drift_frame(False),
+        rule_expectations=expectations(True),
+        reference_abstention_rate=0.05,
+        n_reference=500,
+    )
+    return sr, summary
+
+
+def test_rmf_coverage_lists_all_72_with_notes():
+    from certrisk.risk.score import rmf_coverage
+
+    sr, summary = _run()
+    cov = rmf_coverage(
+        policy=POLICY,
+        sample_risk=sr,
+        batch_summary=summary,
+        evidence_kinds=["run_record", "limitations", "test_sets"],
+    )
+    assert list(cov.columns) == ["id", "function", "category", "evidenced", "evidence", "note"]
+    assert list(cov["id"]) == list(catalog())
+    assert len(cov) == 72
+    ev = cov.set_index("id")
+    for sid in (
+        "MEASURE 2.7",
+        "MEASURE 2.6",
+        "MEASURE 2.4",
+        "MAP 1.5",
+        "GOVERN 1.3",
+        "MANAGE 4.1",
+        "GOVERN 1.5",
+        "MEASURE 2.5",
+        "MAP 2.2",
+        "MEASURE 2.1",
+        "MEASURE 1.1",
+    ):
+        assert ev.loc[sid, "evidenced"], sid
+        assert ev.loc[sid, "evidence"]
+    assert not ev.loc["GOVERN 1.4", "evidenced"]  # audit chain not named by the caller
+    assert "audit_chain" in ev.loc["GOVERN 1.4", "note"]
+    assert ev.loc["MEASURE 2.11", "note"].startswith("Not evidenced by certrisk")
+    assert (cov.loc[~cov["evidenced"], "note"].str.len() > 0).all()
+    assert "radius_rank" in ev.loc["MEASURE 1.1", "note"]  # what was not measured is stated
+    no_forbidden_words(cov.to_dict("list"))
+
+
+def test_run_rmf_evidence_rows():
+    from certrisk.risk.score import run_rmf_evidence
+
+    sr, summary = _run()
+    rows = run_rmf_evidence(
+        policy=POLICY, sample_risk=sr, batch_summary=summary, evidence_kinds=["run_record"]
+    )
+    assert all(len(r) == 3 and all(isinstance(x, str) and x for x in r) for r in rows)
+    assert {r[0] for r in rows} <= set(catalog())
+    kinds = {r[1] for r in rows}
+    assert {
+        "certificate",
+        "abstention",
+        "drift",
+        "rules",
+        "policy",
+        "risk_tiers",
+        "run_record",
+        "unmeasured",
+    } <= kinds
+    detail = {r[1]: r[2] for r in rows}
+    assert "fisher_exact" in detail["abstention"]
+    assert "radius" not in " ".join(r[2] for r in rows if r[1] != "unmeasured")  # aggregates only
+    no_forbidden_words(rows)
+    from certrisk.schemas.errors import InputError as _InputError
+
+    with pytest.raises(_InputError, match="nonsense"):
+        run_rmf_evidence(policy=POLICY, sample_risk=sr, batch_summary=summary, evidence_kinds=["nonsense"])
