@@ -11,11 +11,12 @@ app = typer.Typer(help="Certification-aware AI risk management.", no_args_is_hel
 def demo(
     batches: str = typer.Option("clean,shifted,attacked", help="Comma-separated demo batches to run."),
     samples: int | None = typer.Option(None, help="Samples per batch (default: all prepared)."),
+    dataset: str = typer.Option("digits", help="Demo dataset: digits (images) or breast_cancer (tabular)."),
 ) -> None:
-    """Prepare the digits demo (cached), run the example DAG once per batch, print the results."""
+    """Prepare a demo dataset (cached), run its example DAG once per batch, print the results."""
     from certrisk.demo import run_demo
 
-    run_demo(batches=[b.strip() for b in batches.split(",") if b.strip()], samples=samples)
+    run_demo(batches=[b.strip() for b in batches.split(",") if b.strip()], samples=samples, dataset=dataset)
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ Connection type ``certrisk_governance``: either a full SQLAlchemy URL in the con
 ``host`` field or its extra ``{"url": ...}``, or the parts (host, schema = database, login,
 password, port; extra ``{"dialect": "postgresql+psycopg"}``, default postgresql+psycopg).
 When the default connection id is not defined, the hook falls back to ``$CERTRISK_DB_URL`` or
-SQLite under ``$CERTRISK_HOME`` so the example DAG runs with no set-up. Credentials are never
-logged: only the URL with its password masked.
+SQLite under ``$CERTRISK_HOME`` so the example DAG runs with no set-up; that embedded default is
+migrated on first use, while a configured connection is never migrated implicitly (run
+``certrisk db upgrade --db URL`` as an administrator). Credentials are never logged: only the URL
+with its password masked.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class GovernanceHook(BaseHook):
     def __init__(self, certrisk_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.certrisk_conn_id = certrisk_conn_id
+        self._embedded_default = False
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -54,6 +57,7 @@ class GovernanceHook(BaseHook):
             if self.certrisk_conn_id != self.default_conn_name:
                 raise
             self.log.debug("connection %s not defined (%s); using the default URL", self.certrisk_conn_id, exc)
+            self._embedded_default = True
             return make_url(default_db_url())
         extra = conn.extra_dejson or {}
         if extra.get("url"):
@@ -75,7 +79,10 @@ class GovernanceHook(BaseHook):
 
         url = self.get_url()
         self.log.info("governance DB: %s", url.render_as_string(hide_password=True))
-        return GovernanceStore(url.render_as_string(hide_password=False))
+        store = GovernanceStore(url.render_as_string(hide_password=False))
+        if self._embedded_default:
+            store.upgrade()
+        return store
 
     def get_store(self):
         """The GovernanceStore behind this connection (created once per hook)."""
@@ -83,7 +90,7 @@ class GovernanceHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         try:
-            self.get_store().ping()
+            self.get_store().current_revision()
         except Exception as exc:  # noqa: BLE001 - the UI shows the message
             return False, str(exc)
         return True, "governance DB reachable"
