@@ -1,0 +1,10 @@
+"""Persistence of governed runs: ``GovernanceStore`` (exactly-once, tamper-evident writes on SQLite
+or PostgreSQL, queries, verification), the ``RunRecord`` payload, Alembic migrations and the
+PostgreSQL access tiers. Imports ``certrisk.schemas`` only.
+"""
+
+from certrisk.governance.chain import VerifyReport
+from certrisk.governance.payload import RunRecord
+from certrisk.governance.store import GovernanceStore, WriteResult, mask_url
+
+__all__ = ["GovernanceStore", "RunRecord", "VerifyReport", "WriteResult", "mask_url"]

@@ -1,0 +1,119 @@
+"""Canonical serialization, row and manifest digests, and the append-only audit hash chain.
+
+Canonical serialization (what every digest is computed over):
+
+* a row is the tuple of its values in the column order of its spec in ``certrisk.schemas.columns``,
+  each value a Python ``None``, ``bool``, ``int``, ``float``, ``str`` or ``list`` of ``str``;
+  NaN floats are ``None`` (SQLite stores NaN as NULL) and ``-0.0`` is ``0.0``;
+  its bytes are ``repr(row)`` in UTF-8. ``repr`` of a float is the shortest string that reads back
+  to the same float64, so floats are serialized exactly;
+* ``row_digest`` = the first 32 hex digits of sha256(those bytes), stored with the row;
+* a table digest = sha256 over its row digests in ``row_no`` order; the header digest = sha256 of
+  the canonical JSON (sorted keys, no whitespace, floats by ``repr``) of the run's header fields;
+* the manifest = {"header": header digest, "tables": {name: {"rows": n, "digest": d}}}, and the
+  ``manifest_digest`` = sha256 of its canonical JSON. It does not depend on the revision or the
+  database keys, so the same payload always has the same manifest digest (idempotency test);
+* an audit entry's ``entry_hash`` = sha256 of the canonical JSON of {prev, seq, dag_id, run_id,
+  revision, manifest_digest, manifest, recorded_at}; ``prev`` is the previous entry's hash
+  (64 zeros for the first). Changing, deleting or inserting any recorded row, run or entry breaks
+  a digest or a link, which ``verify`` finds and names.
+
+A hash chain proves that nothing *inside* it changed; it cannot tell a forged run appended at the
+*end* with freshly computed hashes (anyone can compute sha256). Publish the chain head that
+``verify`` reports (a ticket, a signed log line) and pass it back as ``expected_head``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+GENESIS = "0" * 64
+ROW_DIGEST_CHARS = 32
+
+
+def canonical_json(value) -> str:
+    """Sorted keys, no whitespace, UTF-8, floats by repr; NaN/inf rejected (ValueError)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sha256_hex(text: str | bytes) -> str:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
+
+
+def row_digest(row: tuple) -> str:
+    """Digest of one row given as a tuple of canonical values (see module docstring)."""
+    return hashlib.sha256(repr(row).encode("utf-8")).hexdigest()[:ROW_DIGEST_CHARS]
+
+
+def row_digests(rows) -> list[str]:
+    sha = hashlib.sha256
+    return [sha(repr(row).encode("utf-8")).hexdigest()[:ROW_DIGEST_CHARS] for row in rows]
+
+
+def table_digest(digests) -> str:
+    return sha256_hex("".join(digests))
+
+
+def iso_utc(value: datetime) -> str:
+    """A datetime as UTC ISO 8601 with microseconds; naive values are taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def manifest_of(header_digest: str, tables: dict[str, tuple[int, str]]) -> tuple[dict, str]:
+    """The manifest dict and its digest from the header digest and {table: (rows, digest)}."""
+    manifest = {
+        "header": header_digest,
+        "tables": {name: {"rows": n, "digest": d} for name, (n, d) in tables.items()},
+    }
+    return manifest, sha256_hex(canonical_json(manifest))
+
+
+def entry_hash(
+    *,
+    prev_hash: str,
+    seq: int,
+    dag_id: str,
+    run_id: str,
+    revision: int,
+    manifest_digest: str,
+    manifest: dict,
+    recorded_at: datetime,
+) -> str:
+    return sha256_hex(
+        canonical_json(
+            {
+                "prev": prev_hash,
+                "seq": seq,
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "revision": revision,
+                "manifest_digest": manifest_digest,
+                "manifest": manifest,
+                "recorded_at": iso_utc(recorded_at),
+            }
+        )
+    )
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of ``GovernanceStore.verify``.
+
+    ``first_bad_run`` is "dag_id/run_id#revision" (or the audit seq when the run is gone);
+    ``first_bad_row`` names the table and the row's key, e.g. "certificate sample_id='b:3'
+    method='smoothing'"; both None when ``ok``. ``head`` is the hash of the last audit entry.
+    """
+
+    ok: bool
+    first_bad_run: str | None
+    first_bad_row: str | None
+    message: str
+    runs_checked: int = 0
+    rows_checked: int = 0
+    head: str = GENESIS

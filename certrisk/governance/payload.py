@@ -1,0 +1,342 @@
+"""The payload of one governance write (``RunRecord``) and its validation into canonical rows.
+
+Validation happens before any connection is opened, so bad input never leaves a trace in the
+database: missing columns, duplicate sample ids, NaN or inf risk, unknown tiers, factor names or
+RMF subcategory ids, certificates for samples the run does not have, and a summary that disagrees
+with the sample table all raise ``InputError`` naming the table, column, row and sample id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from certrisk.governance.chain import (
+    canonical_json,
+    iso_utc,
+    manifest_of,
+    row_digests,
+    sha256_hex,
+    table_digest,
+)
+from certrisk.schemas.columns import (
+    CERTIFICATE_COLUMNS,
+    DRIFT_TEST_COLUMNS,
+    FACTORS,
+    RULE_EXPECTATION_COLUMNS,
+    RULE_SAMPLE_COLUMNS,
+    SAMPLE_ID,
+    SAMPLE_RISK_COLUMNS,
+    conform,
+    empty_frame,
+    finite_or_raise,
+)
+from certrisk.schemas.enums import Tier
+from certrisk.schemas.errors import InputError
+from certrisk.schemas.rmf import catalog
+from certrisk.schemas.tables import RMF_EVIDENCE_COLUMNS
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TIERS = frozenset(t.value for t in Tier)
+REQUIRED_SUMMARY_KEYS = ("n_samples", "abstention_rate", "mean_risk", "tier")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything one pipeline run records. Frames follow the specs in ``schemas.columns``.
+
+    ``created_at`` is the run's logical time in UTC (naive values are taken as UTC).
+    ``summary`` is the batch-level JSON (n_samples, abstention_rate, mean_risk, tier, reasons,
+    drift, tier_counts, risk_quantiles, seeds, limitations, ...); it must be JSON-serializable
+    without NaN. ``rmf_evidence`` lists (subcategory_id, evidence_kind, detail).
+    Every frame except ``sample_risk`` may be empty (or None).
+    """
+
+    dag_id: str
+    run_id: str
+    batch_id: str
+    created_at: datetime
+    model_name: str
+    model_sha256: str
+    model_format: str
+    policy_name: str
+    policy_sha256: str
+    policy_text: str
+    package_version: str
+    summary: dict
+    sample_risk: pd.DataFrame
+    certificates: pd.DataFrame | None = None
+    rule_samples: pd.DataFrame | None = None
+    rule_expectations: pd.DataFrame | None = None
+    drift_tests: pd.DataFrame | None = None
+    rmf_evidence: list = field(default_factory=list)
+
+
+@dataclass
+class TableRows:
+    """One table's rows in canonical form: digest values, insert values and row digests."""
+
+    columns: tuple[str, ...]
+    json_columns: frozenset
+    values: list[list]  # per column, canonical values (lists for JSON columns)
+    digests: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.digests)
+
+    def insert_columns(self) -> list[list]:
+        """Per column values ready for the driver: JSON columns as JSON text."""
+        out = []
+        for name, col in zip(self.columns, self.values, strict=True):
+            if name in self.json_columns:
+                cache: dict = {}
+                dumped = []
+                for v in col:
+                    if v is None:
+                        dumped.append(None)
+                        continue
+                    key = tuple(v)
+                    text = cache.get(key)
+                    if text is None:
+                        text = cache[key] = json.dumps(v)
+                    dumped.append(text)
+                col = dumped
+            out.append(col)
+        return out
+
+
+@dataclass
+class PreparedRun:
+    record: RunRecord
+    header: dict
+    summary: dict
+    created_at: datetime
+    tables: dict[str, TableRows]
+    manifest: dict
+    manifest_digest: str
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def canonical_column(series: pd.Series, dtype: str) -> list:
+    """Canonical Python values of one column (see ``chain``): NaN -> None, -0.0 -> 0.0."""
+    if dtype == "float64":
+        arr = series.to_numpy(dtype=np.float64, na_value=np.nan) + 0.0
+        vals = arr.tolist()
+        if np.isnan(arr).any():
+            vals = [None if math.isnan(v) else v for v in vals]
+        return vals
+    if dtype == "int64":
+        return series.to_numpy(dtype=np.int64).tolist()
+    if dtype == "bool":
+        return series.to_numpy(dtype=bool).tolist()
+    if dtype == "string":
+        obj = series.astype(object)
+        return obj.where(series.notna(), None).tolist()
+    # object: lists of str (parquet gives numpy arrays)
+    out = []
+    for v in series.tolist():
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(None)
+        elif isinstance(v, str):
+            out.append([v])
+        else:
+            out.append([str(x) for x in v])
+    return out
+
+
+def table_rows(frame: pd.DataFrame, spec, *, table: str) -> TableRows:
+    values = [canonical_column(frame[name], dtype) for name, dtype in spec.items()]
+    rows = list(zip(*values, strict=True)) if values and len(frame) else []
+    json_cols = frozenset(name for name, dtype in spec.items() if dtype == "object")
+    return TableRows(tuple(spec), json_cols, values, row_digests(rows))
+
+
+def _frame(value, spec, *, table: str) -> pd.DataFrame:
+    if value is None:
+        return empty_frame(spec)
+    if not isinstance(value, pd.DataFrame):
+        raise InputError(f"{table}: expected a pandas DataFrame, got {type(value).__name__}")
+    if value.empty and not all(name in value.columns for name in spec):
+        return empty_frame(spec)
+    return conform(value, spec, table=table)
+
+
+def _first_duplicate(frame: pd.DataFrame, cols: list[str], *, table: str) -> None:
+    dup = frame.duplicated(subset=cols, keep="first")
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        key = {c: frame[c].iloc[row] for c in cols}
+        raise InputError(f"{table}: duplicate key {key} at row {row}; {int(dup.sum())} duplicate row(s)")
+
+
+def _check_names(frame: pd.DataFrame, col: str, allowed, *, table: str, what: str) -> None:
+    for row, items in enumerate(frame[col].tolist()):
+        if items is None or (isinstance(items, float) and math.isnan(items)):
+            continue
+        items = [items] if isinstance(items, str) else list(items)
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            sid = frame[SAMPLE_ID].iloc[row] if SAMPLE_ID in frame.columns else None
+            who = f" (sample_id {sid!r})" if sid is not None else ""
+            raise InputError(f"{table}: unknown {what} {bad} in column {col!r}, row {row}{who}")
+
+
+def _check_known_samples(frame: pd.DataFrame, known: set, *, table: str) -> None:
+    if frame.empty:
+        return
+    unknown = ~frame[SAMPLE_ID].isin(known).to_numpy()
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise InputError(
+            f"{table}: sample_id {frame[SAMPLE_ID].iloc[row]!r} (row {row}) is not in sample_risk; "
+            f"{int(unknown.sum())} row(s) affected"
+        )
+
+
+def _require_str(value, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"run record: {name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def prepare(record: RunRecord) -> PreparedRun:
+    """Validate ``record`` and compute its canonical rows, digests and manifest.
+
+    Raises InputError naming the field, table, column, row and sample id at fault.
+    """
+    if not isinstance(record, RunRecord):
+        raise InputError(f"write_run expects a RunRecord, got {type(record).__name__}")
+    for name in ("dag_id", "run_id", "batch_id", "model_name", "policy_name", "package_version"):
+        _require_str(getattr(record, name), name)
+    for name in ("model_sha256", "policy_sha256"):
+        value = getattr(record, name)
+        if not isinstance(value, str) or not _SHA256.match(value):
+            raise InputError(f"run record: {name} must be 64 lowercase hex digits, got {value!r}")
+    if not isinstance(record.policy_text, str):
+        raise InputError("run record: policy_text must be a string")
+    created = record.created_at
+    if isinstance(created, pd.Timestamp):
+        created = created.to_pydatetime()
+    if not isinstance(created, datetime):
+        raise InputError(f"run record: created_at must be a datetime, got {created!r}")
+    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
+
+    # --- sample_risk
+    if record.sample_risk is None or len(record.sample_risk) == 0:
+        raise InputError(f"sample_risk: run {record.dag_id}/{record.run_id} has no samples")
+    samples = _frame(record.sample_risk, SAMPLE_RISK_COLUMNS, table="sample_risk")
+    if samples[SAMPLE_ID].isna().any():
+        row = int(np.flatnonzero(samples[SAMPLE_ID].isna().to_numpy())[0])
+        raise InputError(f"sample_risk: missing sample_id at row {row}")
+    _first_duplicate(samples, [SAMPLE_ID], table="sample_risk")
+    ids = samples[SAMPLE_ID].to_numpy(dtype=object)
+    finite_or_raise(samples["risk"].to_numpy(dtype=np.float64, na_value=np.nan), what="sample_risk: risk", ids=ids)
+    bad_tier = ~samples["tier"].isin(_TIERS).to_numpy()
+    if bad_tier.any():
+        row = int(np.flatnonzero(bad_tier)[0])
+        raise InputError(
+            f"sample_risk: unknown tier {samples['tier'].iloc[row]!r} at row {row} (sample_id {ids[row]!r}); "
+            f"known tiers: {sorted(_TIERS, key=lambda t: Tier(t).rank)}"
+        )
+    _check_names(samples, "top_factors", set(FACTORS), table="sample_risk", what="factor(s)")
+    cat = catalog()
+    _check_names(samples, "rmf_ids", cat, table="sample_risk", what="NIST AI RMF subcategory id(s)")
+    known = set(ids.tolist())
+
+    # --- other frames
+    certs = _frame(record.certificates, CERTIFICATE_COLUMNS, table="certificates")
+    _first_duplicate(certs, [SAMPLE_ID, "method"], table="certificates")
+    _check_known_samples(certs, known, table="certificates")
+    rule_s = _frame(record.rule_samples, RULE_SAMPLE_COLUMNS, table="rule_samples")
+    _first_duplicate(rule_s, [SAMPLE_ID], table="rule_samples")
+    _check_known_samples(rule_s, known, table="rule_samples")
+    rule_e = _frame(record.rule_expectations, RULE_EXPECTATION_COLUMNS, table="rule_expectations")
+    _check_names(rule_e, "rmf_ids", cat, table="rule_expectations", what="NIST AI RMF subcategory id(s)")
+    drift = _frame(record.drift_tests, DRIFT_TEST_COLUMNS, table="drift_tests")
+    evidence_rows = list(record.rmf_evidence or [])
+    for i, item in enumerate(evidence_rows):
+        if len(item) != 3 or not all(isinstance(x, str) for x in item):
+            raise InputError(f"rmf_evidence: item {i} must be (subcategory_id, evidence_kind, detail) strings: {item!r}")
+        if item[0] not in cat:
+            raise InputError(f"rmf_evidence: unknown NIST AI RMF subcategory id {item[0]!r} in item {i}")
+    evidence = pd.DataFrame(evidence_rows, columns=list(RMF_EVIDENCE_COLUMNS)).astype("string")
+
+    # --- summary
+    if not isinstance(record.summary, dict):
+        raise InputError(f"summary: expected a dict, got {type(record.summary).__name__}")
+    missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in record.summary]
+    if missing:
+        raise InputError(f"summary: missing key(s) {missing}")
+    try:
+        summary_text = canonical_json(json.loads(json.dumps(record.summary, default=_json_default, allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"summary: not JSON-serializable without NaN/inf: {exc}") from exc
+    summary = json.loads(summary_text)
+    if summary["tier"] not in _TIERS:
+        raise InputError(f"summary: unknown tier {summary['tier']!r}; known tiers: {sorted(_TIERS)}")
+    if summary["n_samples"] != len(samples):
+        raise InputError(f"summary: n_samples={summary['n_samples']} but sample_risk has {len(samples)} rows")
+    for key in ("abstention_rate", "mean_risk"):
+        if not isinstance(summary[key], int | float) or isinstance(summary[key], bool):
+            raise InputError(f"summary: {key} must be a number, got {summary[key]!r}")
+
+    tables = {
+        "sample_risk": table_rows(samples, SAMPLE_RISK_COLUMNS, table="sample_risk"),
+        "certificate": table_rows(certs, CERTIFICATE_COLUMNS, table="certificate"),
+        "rule_sample": table_rows(rule_s, RULE_SAMPLE_COLUMNS, table="rule_sample"),
+        "rule_result": table_rows(rule_e, RULE_EXPECTATION_COLUMNS, table="rule_result"),
+        "drift_test": table_rows(drift, DRIFT_TEST_COLUMNS, table="drift_test"),
+        "rmf_evidence": table_rows(evidence, RMF_EVIDENCE_COLUMNS, table="rmf_evidence"),
+    }
+    header = run_header(
+        dag_id=record.dag_id,
+        run_id=record.run_id,
+        batch_id=record.batch_id,
+        created_at=created,
+        model_name=record.model_name,
+        model_sha256=record.model_sha256,
+        policy_name=record.policy_name,
+        policy_sha256=record.policy_sha256,
+        policy_text=record.policy_text,
+        package_version=record.package_version,
+        n_samples=int(summary["n_samples"]),
+        abstention_rate=float(summary["abstention_rate"]),
+        mean_risk=float(summary["mean_risk"]),
+        tier=summary["tier"],
+        drift=bool(summary.get("drift", False)),
+        summary=summary,
+    )
+    manifest, digest = manifest_of(
+        sha256_hex(canonical_json(header)), {name: (t.n, table_digest(t.digests)) for name, t in tables.items()}
+    )
+    return PreparedRun(record, header, summary, created, tables, manifest, digest)
+
+
+def run_header(**fields) -> dict:
+    """The digested header of a run: its key, provenance and batch-level figures.
+
+    The policy text enters as its sha256, the timestamp as UTC ISO 8601, floats exactly.
+    """
+    out = dict(fields)
+    out["created_at"] = iso_utc(fields["created_at"])
+    out["policy_text_sha256"] = sha256_hex(fields["policy_text"])
+    del out["policy_text"]
+    out["abstention_rate"] = float(fields["abstention_rate"]) + 0.0
+    out["mean_risk"] = float(fields["mean_risk"]) + 0.0
+    return out

@@ -1,0 +1,274 @@
+"""Dashboard and compliance queries. They read only the views (v_run_summary, v_sample_risk,
+v_rmf_evidence, v_rmf_subcategory, v_daily_trend), so the compliance role can run every one of them;
+none returns a radius or a confidence bound. Times are UTC.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from certrisk.schemas.columns import FACTORS
+from certrisk.schemas.enums import Tier
+from certrisk.schemas.errors import InputError, StoreError
+from certrisk.schemas.rmf import catalog
+
+RUN_COLUMNS = (
+    "dag_id", "run_id", "revision", "batch", "model", "model_sha256", "created_at", "recorded_at",
+    "n_samples", "abstention_rate", "mean_risk", "tier", "drift", "reasons", "limitations",
+    "package_version", "policy_sha256", "manifest_digest", "is_current",
+)  # fmt: skip
+SAMPLE_COLUMNS = (
+    "sample_id", "risk", "tier", "abstained", *(f"factor_{f}" for f in FACTORS), "top_factors", "rmf_ids",
+)  # fmt: skip
+EXPORT_COLUMNS = ("dag_id", "run_id", "revision", "model", "created_at", *SAMPLE_COLUMNS)
+
+
+def _tier(value) -> str:
+    try:
+        return Tier(str(value).lower()).value
+    except ValueError:
+        raise InputError(f"unknown tier {value!r}; known: {[t.value for t in Tier]}") from None
+
+
+def _utc_param(value, name: str):
+    """A bound UTC datetime (dates mean their midnight, UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise InputError(f"{name}: not an ISO date or datetime: {value!r}") from None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value
+
+
+def _bind_dt(conn, value: datetime):
+    # SQLite stores naive UTC text; PostgreSQL compares timestamptz.
+    return value.replace(tzinfo=None) if conn.dialect.name == "sqlite" else value
+
+
+def _json(value):
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _utc_series(series: pd.Series) -> pd.Series:
+    return pd.to_datetime(series, utc=True)
+
+
+def list_runs(
+    conn,
+    *,
+    model: str | None = None,
+    since=None,
+    until=None,
+    tier=None,
+    min_tier=None,
+    dag_id: str | None = None,
+    include_superseded: bool = False,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """Runs newest first, filtered by model, created_at in [since, until), tier (exact) or
+    min_tier (that tier or worse). Columns: RUN_COLUMNS. Current revisions only unless
+    ``include_superseded``."""
+    where, params = [], {}
+    if not include_superseded:
+        where.append("is_current = 1")
+    if model is not None:
+        where.append("model = :model")
+        params["model"] = model
+    if dag_id is not None:
+        where.append("dag_id = :dag_id")
+        params["dag_id"] = dag_id
+    if since is not None:
+        where.append("created_at >= :since")
+        params["since"] = _bind_dt(conn, _utc_param(since, "since"))
+    if until is not None:
+        where.append("created_at < :until")
+        params["until"] = _bind_dt(conn, _utc_param(until, "until"))
+    if tier is not None:
+        where.append("tier = :tier")
+        params["tier"] = _tier(tier)
+    if min_tier is not None:
+        allowed = [t.value for t in Tier if t >= Tier(_tier(min_tier))]
+        names = [f"mt{i}" for i in range(len(allowed))]
+        where.append(f"tier IN ({', '.join(':' + n for n in names)})")
+        params.update(zip(names, allowed, strict=True))
+    sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM v_run_summary"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, dag_id, run_id, revision DESC"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    rows = conn.execute(sa.text(sql), params).all()
+    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    frame["created_at"] = _utc_series(frame["created_at"])
+    frame["recorded_at"] = _utc_series(frame["recorded_at"])
+    frame["drift"] = frame["drift"].astype(bool)
+    frame["is_current"] = frame["is_current"].astype(bool)
+    frame["reasons"] = [_json(v) for v in frame["reasons"]]
+    return frame
+
+
+def _resolve_run(conn, run_id: str, dag_id: str | None, revision: int | None) -> int:
+    where = ["run_id = :run_id"]
+    params: dict = {"run_id": run_id}
+    if dag_id is not None:
+        where.append("dag_id = :dag_id")
+        params["dag_id"] = dag_id
+    if revision is None:
+        where.append("is_current = 1")
+    else:
+        where.append("revision = :revision")
+        params["revision"] = int(revision)
+    found = conn.execute(
+        sa.text(f"SELECT run_pk, dag_id FROM v_run_summary WHERE {' AND '.join(where)}"), params
+    ).all()
+    if not found:
+        raise StoreError(f"no recorded run with run_id {run_id!r}" + (f" in dag {dag_id!r}" if dag_id else ""))
+    if len(found) > 1:
+        raise InputError(f"run_id {run_id!r} is recorded by several DAGs {sorted(r.dag_id for r in found)}; pass dag_id")
+    return found[0].run_pk
+
+
+def samples(
+    conn,
+    run_id: str,
+    *,
+    tier=None,
+    factor: str | None = None,
+    dag_id: str | None = None,
+    revision: int | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """A run's samples (current revision), riskiest first. ``tier`` keeps that tier; ``factor``
+    keeps samples where that factor contributes (factor_<name> > 0, i.e. it is in top_factors),
+    ordered by its contribution. Columns: SAMPLE_COLUMNS."""
+    run_pk = _resolve_run(conn, run_id, dag_id, revision)
+    where, params = ["run_pk = :run_pk"], {"run_pk": run_pk}
+    order = "risk DESC, row_no"
+    if tier is not None:
+        where.append("tier = :tier")
+        params["tier"] = _tier(tier)
+    if factor is not None:
+        if factor not in FACTORS:
+            raise InputError(f"unknown factor {factor!r}; known: {list(FACTORS)}")
+        where.append(f"factor_{factor} > 0")
+        order = f"factor_{factor} DESC, risk DESC, row_no"
+    sql = f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM v_sample_risk WHERE {' AND '.join(where)} ORDER BY {order}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    frame = pd.DataFrame(conn.execute(sa.text(sql), params).all(), columns=list(SAMPLE_COLUMNS))
+    frame["abstained"] = frame["abstained"].astype(bool)
+    for col in ("top_factors", "rmf_ids"):
+        frame[col] = [_json(v) for v in frame[col]]
+    return frame
+
+
+def trend(conn, *, model: str | None = None, days: int = 30) -> pd.DataFrame:
+    """Per model and UTC day over the last ``days`` days: n_runs, n_samples, abstention_rate and
+    mean_risk (sample-weighted over current runs), worst_tier."""
+    cutoff = (datetime.now(UTC) - timedelta(days=int(days))).date()
+    where, params = ["day >= :cutoff"], {"cutoff": cutoff.isoformat() if conn.dialect.name == "sqlite" else cutoff}
+    if model is not None:
+        where.append("model = :model")
+        params["model"] = model
+    sql = (
+        "SELECT model, day, n_runs, n_samples, abstention_rate, mean_risk, worst_tier_rank FROM v_daily_trend "
+        f"WHERE {' AND '.join(where)} ORDER BY model, day"
+    )
+    rows = conn.execute(sa.text(sql), params).all()
+    frame = pd.DataFrame(
+        rows, columns=["model", "day", "n_runs", "n_samples", "abstention_rate", "mean_risk", "worst_tier_rank"]
+    )
+    frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    tiers = [t.value for t in Tier]
+    frame["worst_tier"] = [tiers[int(r)] for r in frame.pop("worst_tier_rank")]
+    for col in ("abstention_rate", "mean_risk"):
+        frame[col] = frame[col].astype(float)
+    return frame
+
+
+def rmf_coverage(conn, *, model: str | None = None) -> pd.DataFrame:
+    """One row per NIST AI RMF subcategory (Core order): function, category, text, n_runs and
+    n_records evidencing it among current runs (of ``model``), evidence_kinds, last_evidenced_at,
+    covered."""
+    params: dict = {}
+    cond = "e.is_current = 1"
+    if model is not None:
+        cond += " AND e.model = :model"
+        params["model"] = model
+    sql = (
+        "SELECT c.id, c.function, c.category, c.text, COUNT(DISTINCT e.run_pk) AS n_runs, "
+        "COUNT(e.row_no) AS n_records, MAX(e.created_at) AS last_evidenced_at "
+        f"FROM v_rmf_subcategory c LEFT JOIN v_rmf_evidence e ON e.subcategory_id = c.id AND {cond} "
+        "GROUP BY c.id, c.function, c.category, c.text"
+    )
+    frame = pd.DataFrame(
+        conn.execute(sa.text(sql), params).all(),
+        columns=["subcategory_id", "function", "category", "text", "n_runs", "n_records", "last_evidenced_at"],
+    )
+    kinds_sql = f"SELECT DISTINCT e.subcategory_id, e.evidence_kind FROM v_rmf_evidence e WHERE {cond}"
+    kinds: dict[str, list[str]] = {}
+    for sub, kind in conn.execute(sa.text(kinds_sql), params).all():
+        kinds.setdefault(sub, []).append(kind)
+    order = {sid: i for i, sid in enumerate(catalog())}
+    frame["order"] = frame["subcategory_id"].map(order)
+    frame = frame.sort_values("order").drop(columns="order").reset_index(drop=True)
+    frame["evidence_kinds"] = [sorted(kinds.get(s, [])) for s in frame["subcategory_id"]]
+    frame["last_evidenced_at"] = _utc_series(frame["last_evidenced_at"])
+    frame["covered"] = frame["n_records"] > 0
+    return frame
+
+
+def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> int:
+    """Stream every current run's samples (EXPORT_COLUMNS; lists joined by ';') to CSV at ``path``."""
+    where, params = ["is_current = 1"], {}
+    if model is not None:
+        where.append("model = :model")
+        params["model"] = model
+    if since is not None:
+        where.append("created_at >= :since")
+        params["since"] = _bind_dt(conn, _utc_param(since, "since"))
+    if until is not None:
+        where.append("created_at < :until")
+        params["until"] = _bind_dt(conn, _utc_param(until, "until"))
+    sql = (
+        f"SELECT {', '.join(EXPORT_COLUMNS)} FROM v_sample_risk WHERE {' AND '.join(where)} "
+        "ORDER BY created_at, dag_id, run_id, row_no"
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    lists = {EXPORT_COLUMNS.index("top_factors"), EXPORT_COLUMNS.index("rmf_ids")}
+    created = EXPORT_COLUMNS.index("created_at")
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(EXPORT_COLUMNS)
+        result = conn.execution_options(stream_results=True, yield_per=10_000).execute(sa.text(sql), params)
+        for row in result:
+            out = list(row)
+            for i in lists:
+                out[i] = ";".join(_json(out[i]) or [])
+            stamp = out[created]
+            if isinstance(stamp, datetime):
+                stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+                out[created] = stamp.isoformat()
+            elif isinstance(stamp, str):
+                out[created] = datetime.fromisoformat(stamp).replace(tzinfo=UTC).isoformat()
+            writer.writerow(out)
+            n += 1
+    return n
