@@ -1,0 +1,27 @@
+"""Certification engine: randomized smoothing, interval bounds, Lipschitz bounds.
+
+Every number that claims a guarantee is computed conservatively: confidence bounds in float64,
+radii rounded down, selection samples kept apart from estimation samples, seeds recorded.
+"""
+
+from certrisk.risk.certify.batch import CertificateBatch, derive_seeds
+from certrisk.risk.certify.bounds import ibp_certify, interval_bounds
+from certrisk.risk.certify.dispatch import certify_with_spec, method_available
+from certrisk.risk.certify.lipschitz import lipschitz_certify, lipschitz_constant
+from certrisk.risk.certify.norms import translate_radius
+from certrisk.risk.certify.smoothing import sequential_stages, smooth_certify, smooth_predict
+
+__all__ = [
+    "CertificateBatch",
+    "certify_with_spec",
+    "derive_seeds",
+    "ibp_certify",
+    "interval_bounds",
+    "lipschitz_certify",
+    "lipschitz_constant",
+    "method_available",
+    "sequential_stages",
+    "smooth_certify",
+    "smooth_predict",
+    "translate_radius",
+]
