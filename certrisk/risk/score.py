@@ -104,8 +104,12 @@ def combine_factors(factors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     ``risk = 1 - prod_i (1 - w_i f_i)``. Non-decreasing in every factor for weights in [0, 1].
     """
     f = np.asarray(factors, dtype=np.float64)
-    survive = 1.0 - f * np.asarray(weights, dtype=np.float64)
-    return np.clip(1.0 - np.prod(survive, axis=1), 0.0, 1.0)
+    w = np.asarray(weights, dtype=np.float64)
+    survive = np.ones(f.shape[0], dtype=np.float64)
+    for i in range(f.shape[1]):  # column by column: f is Fortran-ordered in score_samples
+        if w[i] > 0:
+            survive *= 1.0 - w[i] * f[:, i]
+    return np.clip(1.0 - survive, 0.0, 1.0)
 
 
 def factor_contributions(factors: np.ndarray, weights: np.ndarray, risk: np.ndarray) -> np.ndarray:
@@ -113,12 +117,15 @@ def factor_contributions(factors: np.ndarray, weights: np.ndarray, risk: np.ndar
 
     The share is proportional to ``-log(1 - w_i f_i)``, the factor's term of ``-log(1 - risk)``.
     """
-    wf = np.asarray(factors, dtype=np.float64) * np.asarray(weights, dtype=np.float64)
-    logs = -np.log1p(-np.minimum(wf, 1.0 - 1e-15))
-    total = logs.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total > 0, logs / np.where(total > 0, total, 1.0), 0.0)
-    return share * np.asarray(risk, dtype=np.float64)[:, None]
+    f = np.asarray(factors, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    logs = np.zeros(f.shape, dtype=np.float64, order="F")
+    for i in range(f.shape[1]):
+        if w[i] > 0:
+            logs[:, i] = -np.log1p(-np.minimum(w[i] * f[:, i], 1.0 - 1e-15))
+    total = logs.sum(axis=1)
+    scale = np.divide(np.asarray(risk, dtype=np.float64), total, out=np.zeros_like(total), where=total > 0)
+    return logs * scale[:, None]
 
 
 def assign_tiers(risk: np.ndarray, scoring: ScoringSpec) -> np.ndarray:
@@ -148,19 +155,19 @@ def _some(ids: Iterable) -> str:
     return f"{shown}{more}"
 
 
-def _id_array(frame: pd.DataFrame, table: str) -> np.ndarray:
+def _id_series(frame: pd.DataFrame, table: str) -> pd.Series:
     col = frame[SAMPLE_ID]
-    if col.isna().any():
-        row = int(np.flatnonzero(col.isna().to_numpy())[0])
-        raise InputError(f"{table}: missing sample_id in row {row}")
-    return col.to_numpy(dtype=object)
+    missing = col.isna().to_numpy()
+    if missing.any():
+        raise InputError(f"{table}: missing sample_id in row {int(np.flatnonzero(missing)[0])}")
+    return col
 
 
-def _positions(index: pd.Index, ids: np.ndarray, table: str) -> np.ndarray:
+def _positions(index: pd.Index, ids: pd.Series, table: str) -> np.ndarray:
     """Row positions of ``ids`` in the predictions' index; raise naming unknown ids."""
     pos = index.get_indexer(ids)
     if (pos < 0).any():
-        unknown = pd.unique(ids[pos < 0])
+        unknown = pd.unique(ids.to_numpy(dtype=object)[pos < 0])
         raise InputError(f"{table}: {len(unknown)} sample_id(s) not in the predictions: {_some(unknown)}")
     return pos
 
@@ -189,20 +196,20 @@ def _in_unit(values: np.ndarray, ids: np.ndarray, table: str, column: str) -> No
 
 def _driving(certs: pd.DataFrame, policy: Policy) -> tuple[np.ndarray, str, str]:
     """Mask of the driving certificate rows, the method name and a description for messages."""
-    method = certs["method"].fillna("").to_numpy(dtype=object)
+    method = certs["method"]
     smoothing = policy.certification.smoothing
     if smoothing is not None:
         sigma = certs["sigma"].to_numpy(dtype=np.float64)
         alpha = certs["alpha"].to_numpy(dtype=np.float64)
         mask = (
-            (method == Method.SMOOTHING.value)
+            method.eq(Method.SMOOTHING.value).fillna(False).to_numpy(dtype=bool)
             & np.isclose(sigma, smoothing.sigma, rtol=1e-9, atol=0.0)
             & np.isclose(alpha, smoothing.alpha, rtol=1e-9, atol=0.0)
         )
         return mask, Method.SMOOTHING.value, f"smoothing (sigma={smoothing.sigma}, alpha={smoothing.alpha})"
     first = policy.certification.methods[0].method
     name = first.value if isinstance(first, Method) else str(first)
-    return method == name, name, name
+    return method.eq(name).fillna(False).to_numpy(dtype=bool), name, name
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,19 +256,19 @@ def score_samples(
     the tables (naming a few ids), missing driving certificates, NaN or out-of-range factors.
     """
     preds = conform(predictions, PREDICTION_COLUMNS, table="predictions")
-    ids = _id_array(preds, "predictions")
-    n = len(ids)
+    id_series = _id_series(preds, "predictions")
+    n = len(id_series)
     if n == 0:
         raise InputError("predictions: empty batch (no samples to score)")
-    index = pd.Index(ids)
+    index = pd.Index(id_series)
+    ids = id_series.to_numpy(dtype=object)  # for messages
     if not index.is_unique:
         dup = pd.unique(ids[index.duplicated()])
         raise InputError(f"predictions: duplicate sample_id(s): {_some(dup)}")
 
     # certificates: driving row per sample, disagreement across all rows
     certs = conform(certificates, CERTIFICATE_COLUMNS, table="certificates")
-    cert_ids = _id_array(certs, "certificates")
-    cert_pos = _positions(index, cert_ids, "certificates")
+    cert_pos = _positions(index, _id_series(certs, "certificates"), "certificates")
     missing = np.bincount(cert_pos, minlength=n) == 0
     if missing.any():
         raise InputError(
@@ -287,7 +294,7 @@ def score_samples(
     abstained = drive_abst | disagree
 
     base_prediction = preds["base_prediction"].to_numpy(dtype=np.int64)
-    f = np.zeros((n, len(FACTORS)), dtype=np.float64)
+    f = np.zeros((n, len(FACTORS)), dtype=np.float64, order="F")
     col = {name: i for i, name in enumerate(FACTORS)}
     f[:, col["abstention"]] = abstained
     f[:, col["instability"]] = (~drive_abst) & (base_prediction != prediction)
@@ -295,10 +302,8 @@ def score_samples(
     measured = ["abstention", "instability"]
     if context is not None:
         ctx = conform(context, CONTEXT_COLUMNS, table="context")
-        ctx_method = ctx["method"].fillna("").to_numpy(dtype=object)
-        ctx = ctx.loc[ctx_method == drive_method]
-        ctx_ids = _id_array(ctx, "context")
-        ctx_pos = _positions(index, ctx_ids, "context")
+        ctx = ctx.loc[ctx["method"].eq(drive_method).fillna(False).to_numpy(dtype=bool)]
+        ctx_pos = _positions(index, _id_series(ctx, "context"), "context")
         _one_per_sample(ctx_pos, n, ids, "context", f"{drive_method!r}")
         pct = np.empty(n, dtype=np.float64)
         pct[ctx_pos] = ctx["radius_percentile"].to_numpy(dtype=np.float64)
@@ -320,10 +325,9 @@ def score_samples(
 
     if rules is not None:
         rs = conform(rules, RULE_SAMPLE_COLUMNS, table="rules")
-        rs_pos = _positions(index, _id_array(rs, "rules"), "rules")
+        rs_pos = _positions(index, _id_series(rs, "rules"), "rules")
         _one_per_sample(rs_pos, n, ids, "rules", "rule result")
-        sev = rs["max_severity"].fillna("<missing>").to_numpy(dtype=object)
-        codes, uniques = pd.factorize(sev)
+        codes, uniques = pd.factorize(rs["max_severity"].fillna("<missing>"))
         unknown = [u for u in uniques if u not in SEVERITY_FACTOR]
         if unknown:
             raise InputError(
@@ -335,7 +339,7 @@ def score_samples(
 
     if novelty is not None:
         nv = conform(novelty, NOVELTY_COLUMNS, table="novelty")
-        nv_pos = _positions(index, _id_array(nv, "novelty"), "novelty")
+        nv_pos = _positions(index, _id_series(nv, "novelty"), "novelty")
         _one_per_sample(nv_pos, n, ids, "novelty", "novelty")
         pct = np.empty(n, dtype=np.float64)
         pct[nv_pos] = nv["novelty_percentile"].to_numpy(dtype=np.float64)
