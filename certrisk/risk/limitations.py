@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-from certrisk.risk.score import abstention_alone, certified_ceiling
 from certrisk.schemas.enums import Norm
 from certrisk.schemas.policy import IBPSpec, LipschitzSpec, Policy, SmoothingSpec
 
@@ -99,6 +98,8 @@ def limitations(policy: Policy, *, dim: int | None = None) -> str:
     largest certifiable radius translated to l1, l2 and linf, the threats outside the
     certificates, and what the risk tiers do and do not mean under this policy.
     """
+    from certrisk.risk.score import abstention_alone, certified_ceiling  # score re-exports this function
+
     d = int(dim) if dim is not None else policy.model.n_features
     if d < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")

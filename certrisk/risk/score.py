@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from certrisk.risk.limitations import limitations
 from certrisk.schemas.columns import (
     CERTIFICATE_COLUMNS,
     CONTEXT_COLUMNS,
@@ -447,8 +448,9 @@ def score_batch(
     rule_expectations : DataFrame with RULE_EXPECTATION_COLUMNS, or None.
     reference_abstention_rate : abstention rate of the reference; None falls back to the
         policy's ``scoring.reference_abstention_rate``; if both are None the test is not run.
-    n_reference : number of reference samples the rate was measured on (None: the rate is known,
-        e.g. stated in the policy). See ``abstention_test`` for the test each case uses.
+    n_reference : number of reference samples ``reference_abstention_rate`` was measured on
+        (None: the rate is taken as known). A rate from the policy counts as known and ignores
+        ``n_reference``. See ``abstention_test`` for the test each case uses.
     not_measured : factors that were not measured; default ``sample_risk.attrs["not_measured"]``.
 
     The batch tier is the highest of these rules, each listed in ``reasons`` when it fires
@@ -815,6 +817,7 @@ __all__ = [
     "certified_ceiling",
     "combine_factors",
     "factor_contributions",
+    "limitations",
     "rmf_coverage",
     "run_evidence_kinds",
     "run_rmf_evidence",

@@ -614,7 +614,7 @@ def test_limitations_state_norm_sigma_alpha(sigma, alpha, n, dim):
 def test_limitations_translate_radii_like_the_certify_room():
     from certrisk.risk.certify.norms import translate_radius
     from certrisk.risk.certify.stats import clopper_pearson_lower, smoothing_radius
-    from certrisk.risk.limitations import limitations
+    from certrisk.risk.score import limitations  # re-exported for the score operator
 
     text = limitations(POLICY)  # sigma 0.25, n 2000, alpha 0.001, d = 64
     r = float(smoothing_radius(clopper_pearson_lower(2000, 2000, 0.001), 0.25))
