@@ -272,6 +272,8 @@ def _validate(model, x, sigma, n0, n, alpha, batch_size, mode, target_radius, de
         raise InputError(f"{what}: mode='sequential' needs target_radius (the radius to settle)")
     model, dev = place(model, device)
     xt = as_batch(x, what=what, device=dev, dtype=model_dtype(model))
+    with torch.inference_mode():
+        run_model(model, xt[:1], what)  # fail early, with the shape named, before any measuring
     return model, dev, xt
 
 
