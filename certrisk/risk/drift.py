@@ -384,10 +384,12 @@ def mmd_test(
 
     The pooled kernel matrix is never held whole: its rows are computed in blocks on ``device``
     and multiplied with a block of permutation indicator columns, so every statistic is a
-    quadratic form ``a^T K a`` (a = the reference-side indicator of one permutation). Memory is
-    about ``max_bytes``: a (rows x n) kernel block and an (n x P) indicator block; when P
-    permutations do not fit in one pass the kernel blocks are recomputed per pass. For 10,000 x
-    10,000 samples (n = 20,000) in float64 at the default bound, P = 800 per pass.
+    quadratic form ``a^T K a`` (a = the reference-side indicator of one permutation). The (n x P)
+    indicator block takes max_bytes / 2 and a (rows x n) kernel block max_bytes / 4 (two
+    temporaries of that size exist while it is built), so the peak stays under 2 x max_bytes
+    plus the pooled data; when P permutations do not fit in one pass the kernel blocks are
+    recomputed per pass. For 10,000 x 10,000 samples (n = 20,000) in float64 at the default
+    bound: P = 800 permutations per pass, 400 kernel rows per block.
 
     Parameters
     ----------
