@@ -153,6 +153,8 @@ def canonical_column(series: pd.Series, dtype: str) -> list:
     for v in series.tolist():
         if v is None or (isinstance(v, float) and math.isnan(v)):
             out.append(None)
+        elif type(v) is list and all(type(x) is str for x in v):
+            out.append(v)
         elif isinstance(v, str):
             out.append([v])
         else:
