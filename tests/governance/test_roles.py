@@ -1,0 +1,112 @@
+"""Each access tier on PostgreSQL, connecting as a login user holding that role, can do exactly
+what it should; on SQLite grant refuses and says why."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from records import make_record
+
+from certrisk.governance import GovernanceStore
+from certrisk.governance.roles import AUDITOR, COMPLIANCE, ENGINEER, WRITER, grant_roles
+from certrisk.schemas.errors import StoreError
+
+ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@pytest.fixture
+def granted(pg_url):
+    store = GovernanceStore(pg_url)
+    store.upgrade()
+    store.write_run(make_record("run-1", 20))
+    store.dispose()
+    grant_roles(pg_url)
+    grant_roles(pg_url)  # idempotent
+    users = {}
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        for role in (WRITER, ENGINEER, COMPLIANCE, AUDITOR):
+            user = f"t_{role.split('_')[1]}_{uuid.uuid4().hex[:8]}"
+            conn.execute(f"CREATE ROLE {user} LOGIN IN ROLE {role}")
+            users[role] = user
+    dbname = sa.make_url(pg_url).database
+    yield {role: f"postgresql+psycopg://{user}@127.0.0.1:5432/{dbname}" for role, user in users.items()}
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        for user in users.values():
+            conn.execute(f"DROP ROLE IF EXISTS {user}")
+
+
+def _can(url, sql) -> bool:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql))
+        return True
+    except sa.exc.ProgrammingError as exc:
+        assert "permission denied" in str(exc.orig)
+        return False
+    finally:
+        engine.dispose()
+
+
+def test_writer_inserts_but_cannot_change_records(granted):
+    url = granted[WRITER]
+    store = GovernanceStore(url)
+    assert store.write_run(make_record("run-2", 10, seed=2)).status == "written"
+    assert store.write_run(make_record("run-2", 10, seed=2)).status == "already recorded"
+    store.dispose()
+    assert not _can(url, "UPDATE certificate SET radius = 1")
+    assert not _can(url, "UPDATE pipeline_run SET tier = 'low'")
+    assert not _can(url, "DELETE FROM sample_risk")
+    assert not _can(url, "DELETE FROM audit_log")
+    assert not _can(url, "TRUNCATE audit_log")
+    assert not _can(url, "CREATE TABLE public.x (i int)")
+    assert GovernanceStore(granted[AUDITOR]).verify().ok
+
+
+def test_compliance_reads_views_only(granted):
+    url = granted[COMPLIANCE]
+    for view in ("v_run_summary", "v_sample_risk", "v_rmf_evidence", "v_rmf_subcategory", "v_daily_trend"):
+        assert _can(url, f"SELECT * FROM {view}"), view
+    assert not _can(url, "SELECT radius FROM certificate")
+    assert not _can(url, "SELECT p_lower FROM certificate")
+    assert not _can(url, "SELECT * FROM sample_risk")
+    assert not _can(url, "SELECT * FROM audit_log")
+    assert not _can(url, "INSERT INTO model (name, sha256, registered_at) VALUES ('x', 'y', now())")
+    store = GovernanceStore(url)
+    assert store.list_runs()["run_id"].tolist() == ["run-1"]
+    assert len(store.samples("run-1", tier=None)) == 20
+    assert len(store.trend(days=7)) == 1
+    assert store.rmf_coverage("digits")["covered"].sum() == 3
+    with pytest.raises(StoreError, match="permission denied"):
+        store.get_run("certrisk_example", "run-1")
+    with pytest.raises(StoreError, match="permission denied"):
+        store.verify()
+    store.dispose()
+
+
+def test_engineer_reads_certificates_not_audit_log(granted):
+    url = granted[ENGINEER]
+    assert _can(url, "SELECT radius, p_lower FROM certificate")
+    assert not _can(url, "SELECT * FROM audit_log")
+    assert not _can(url, "INSERT INTO model (name, sha256, registered_at) VALUES ('x', 'y', now())")
+    assert not _can(url, "UPDATE certificate SET radius = 1")
+    assert len(GovernanceStore(url).get_run("certrisk_example", "run-1")["certificates"]) == 40
+
+
+def test_auditor_reads_everything_and_changes_nothing(granted):
+    url = granted[AUDITOR]
+    for table in ("certificate", "audit_log", "sample_risk", "pipeline_run", "v_sample_risk"):
+        assert _can(url, f"SELECT * FROM {table}"), table
+    assert not _can(url, "INSERT INTO model (name, sha256, registered_at) VALUES ('x', 'y', now())")
+    assert not _can(url, "DELETE FROM audit_log")
+    report = GovernanceStore(url).verify()
+    assert report.ok and report.runs_checked == 1
+
+
+def test_sqlite_has_no_roles(sqlite_url):
+    with pytest.raises(StoreError, match="SQLite is a single-user file without roles"):
+        grant_roles(sqlite_url)
