@@ -19,6 +19,206 @@ def demo(
     run_demo(batches=[b.strip() for b in batches.split(",") if b.strip()], samples=samples, dataset=dataset)
 
 
+# ---------------------------------------------------------------- governance database
+db_app = typer.Typer(help="Governance database administration.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+_DB_HELP = "Governance DB URL (default: $CERTRISK_DB_URL or SQLite under $CERTRISK_HOME)."
+
+
+def _store(db: str | None):
+    from certrisk.governance import GovernanceStore
+
+    return GovernanceStore(db)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _emit(frame, fmt: str, title: str) -> None:
+    """Print a DataFrame as a rich table or as a JSON array of objects."""
+    import json
+
+    if fmt == "json":
+        def plain(value):
+            if hasattr(value, "isoformat"):
+                return value.isoformat()
+            if hasattr(value, "item"):
+                return value.item()
+            return str(value)
+
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        typer.echo(json.dumps(records, indent=2, default=plain))
+        return
+    if fmt != "table":
+        _fail(ValueError(f"unknown format {fmt!r}; use table or json"))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col))
+    for row in frame.itertuples(index=False):
+        cells = []
+        for value in row:
+            if isinstance(value, float):
+                cells.append(f"{value:.4g}")
+            elif isinstance(value, list):
+                cells.append(", ".join(map(str, value)))
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    Console().print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: str | None = typer.Option(None, "--db", help=_DB_HELP)) -> None:
+    """Create or migrate the governance schema (Alembic head) and load the NIST AI RMF catalog."""
+    from certrisk.schemas.errors import CertriskError
+
+    store = _store(db)
+    try:
+        store.upgrade()
+    except CertriskError as exc:
+        _fail(exc)
+    typer.echo(f"governance database {store.masked_url} is at revision {store.current_revision()}")
+
+
+@db_app.command("grant")
+def db_grant(db: str | None = typer.Option(None, "--db", help=_DB_HELP)) -> None:
+    """PostgreSQL: create the roles certrisk_writer, _engineer, _compliance, _auditor and grant their tiers."""
+    from certrisk.governance.roles import grant_roles
+    from certrisk.schemas.errors import CertriskError
+
+    try:
+        roles = grant_roles(_store(db).url)
+    except CertriskError as exc:
+        _fail(exc)
+    typer.echo("granted: " + ", ".join(roles))
+
+
+@app.command()
+def runs(
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    model: str | None = typer.Option(None, help="Only this model."),
+    since: str | None = typer.Option(None, help="Created at or after (ISO date/time, UTC)."),
+    until: str | None = typer.Option(None, help="Created before (ISO date/time, UTC)."),
+    tier: str | None = typer.Option(None, help="Only runs of this batch tier."),
+    min_tier: str | None = typer.Option(None, help="Only runs of this tier or worse."),
+    all_revisions: bool = typer.Option(False, "--all-revisions", help="Include superseded revisions."),
+    limit: int | None = typer.Option(None, help="At most this many runs."),
+    format: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Recorded runs, newest first."""
+    from certrisk.schemas.errors import CertriskError
+
+    try:
+        frame = _store(db).list_runs(
+            model=model, since=since, until=until, tier=tier, min_tier=min_tier,
+            include_superseded=all_revisions, limit=limit,
+        )  # fmt: skip
+    except CertriskError as exc:
+        _fail(exc)
+    cols = ["dag_id", "run_id", "revision", "batch", "model", "n_samples", "abstention_rate", "mean_risk", "tier",
+            "drift", "created_at"]  # fmt: skip
+    _emit(frame if format == "json" else frame[cols], format, "certrisk runs")
+
+
+@app.command()
+def samples(
+    run: str = typer.Option(..., "--run", help="run_id of the run (its current revision)."),
+    dag: str | None = typer.Option(None, "--dag", help="dag_id, when several DAGs recorded this run_id."),
+    tier: str | None = typer.Option(None, help="Only samples of this tier."),
+    factor: str | None = typer.Option(None, help="Only samples this factor contributes to, largest first."),
+    limit: int | None = typer.Option(None, help="At most this many samples."),
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    format: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """A run's samples riskiest first: sample_id, risk, tier, abstained, factors, top factors."""
+    from certrisk.schemas.errors import CertriskError
+
+    try:
+        frame = _store(db).samples(run, tier=tier, factor=factor, dag_id=dag, limit=limit)
+    except CertriskError as exc:
+        _fail(exc)
+    cols = ["sample_id", "risk", "tier", "abstained", "top_factors"]
+    _emit(frame if format == "json" else frame[cols], format, f"samples of {run}")
+
+
+@app.command()
+def trend(
+    model: str | None = typer.Option(None, help="Only this model."),
+    days: int = typer.Option(30, help="Days back from today (UTC)."),
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    format: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Daily abstention rate and mean risk per model (sample-weighted over current runs)."""
+    from certrisk.schemas.errors import CertriskError
+
+    try:
+        frame = _store(db).trend(model=model, days=days)
+    except CertriskError as exc:
+        _fail(exc)
+    _emit(frame, format, "daily trend")
+
+
+@app.command()
+def coverage(
+    model: str | None = typer.Option(None, help="Only this model's runs."),
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    format: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """NIST AI RMF coverage: each of the 72 subcategories and the evidence recorded for it."""
+    from certrisk.schemas.errors import CertriskError
+
+    try:
+        frame = _store(db).rmf_coverage(model=model)
+    except CertriskError as exc:
+        _fail(exc)
+    cols = ["subcategory_id", "function", "n_runs", "n_records", "evidence_kinds", "covered"]
+    _emit(frame if format == "json" else frame[cols], format, "NIST AI RMF coverage")
+
+
+@app.command()
+def export(
+    path: str = typer.Argument(..., help="CSV file to write."),
+    model: str | None = typer.Option(None, help="Only this model."),
+    since: str | None = typer.Option(None, help="Created at or after (ISO, UTC)."),
+    until: str | None = typer.Option(None, help="Created before (ISO, UTC)."),
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+) -> None:
+    """Compliance export: every current run's samples (tiers, factors, RMF ids; no certificates) to CSV."""
+    from certrisk.schemas.errors import CertriskError
+
+    try:
+        n = _store(db).export_compliance_csv(path, model=model, since=since, until=until)
+    except CertriskError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {n} sample rows to {path}")
+
+
+@app.command()
+def verify(
+    db: str | None = typer.Option(None, "--db", help=_DB_HELP),
+    expected_head: str | None = typer.Option(None, help="Chain head published earlier; detects appended forgeries."),
+) -> None:
+    """Recompute the audit chain and every recorded row; exit 1 naming the first run and row that differ."""
+    from certrisk.schemas.errors import CertriskError
+
+    try:
+        report = _store(db).verify(expected_head=expected_head)
+    except CertriskError as exc:
+        _fail(exc)
+    if report.ok:
+        typer.echo(f"OK: {report.message}\nchain head: {report.head}")
+        return
+    typer.echo(f"FAILED: first bad run: {report.first_bad_run}; first bad row: {report.first_bad_row}", err=True)
+    typer.echo(report.message, err=True)
+    raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -255,6 +255,7 @@ def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> 
     n = 0
     lists = {EXPORT_COLUMNS.index("top_factors"), EXPORT_COLUMNS.index("rmf_ids")}
     created = EXPORT_COLUMNS.index("created_at")
+    abstained = EXPORT_COLUMNS.index("abstained")
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(EXPORT_COLUMNS)
@@ -263,6 +264,7 @@ def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> 
             out = list(row)
             for i in lists:
                 out[i] = ";".join(_json(out[i]) or [])
+            out[abstained] = bool(out[abstained])
             stamp = out[created]
             if isinstance(stamp, datetime):
                 stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
