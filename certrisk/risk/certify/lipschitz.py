@@ -67,7 +67,7 @@ def conv_norm_bound(weight: torch.Tensor, groups: int = 1, dilation=(1, 1), grid
         w = full
     dh, dw = _pair(dilation)
     eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    size = max(grid, eh, ew)
+    size = max(grid * max(dh, dw), eh, ew)  # finer grid for dilated kernels: the spread term grows with offsets
     padded = torch.zeros(w.shape[0], w.shape[1], size, size, dtype=torch.float64)
     padded[:, :, 0:eh:dh, 0:ew:dw] = w
     spectrum = torch.fft.fft2(padded)  # (c_out, c_in, G, G)
