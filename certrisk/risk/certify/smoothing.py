@@ -64,7 +64,7 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def measure_forward_rows(model, x: torch.Tensor, *, candidates=None, min_seconds: float = 0.02) -> dict[int, float]:
+def measure_forward_rows(model, x: torch.Tensor, *, candidates=None, min_seconds: float = 0.05) -> dict[int, float]:
     """Forward passes per second of ``model`` at each candidate batch size (rows of x[0] plus noise).
 
     x : tensor of shape (B, *input_shape) on the model's device. Sizes that run out of CUDA
