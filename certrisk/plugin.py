@@ -1,6 +1,8 @@
 """The certrisk AirflowPlugin (entry point group ``airflow.plugins``).
 
-Registers template macros for DAG authors; the dashboard FastAPI app joins it when reports land.
+Registers template macros for DAG authors and the certrisk dashboard, a FastAPI app that Airflow's
+API server mounts at ``/certrisk`` (runs, trends and NIST AI RMF coverage from the compliance views;
+see ``certrisk.reports.dashboard``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ def certrisk_artifacts(dag_id: str, run_id: str) -> str:
     return str(artifacts_root() / dag_id / run_id)
 
 
+def _dashboard() -> dict:
+    from certrisk.reports.dashboard import app
+
+    return {"app": app, "url_prefix": "/certrisk", "name": "certrisk"}
+
+
 class CertriskPlugin(AirflowPlugin):
     name = "certrisk"
     macros: ClassVar[list] = [certrisk_home, certrisk_artifacts]
+    fastapi_apps: ClassVar[list] = [_dashboard()]

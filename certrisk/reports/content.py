@@ -127,7 +127,7 @@ def fmt_p(value) -> str:
 
 
 def fmt_time(value) -> str:
-    if value is None or (not isinstance(value, datetime) and pd.isna(value)):
+    if value is None or pd.isna(value):
         return "n/a"
     stamp = pd.Timestamp(value)
     stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)

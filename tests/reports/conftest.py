@@ -22,7 +22,8 @@ CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 )  # fmt: skip
-SHOTS = Path(os.environ.get("CERTRISK_REPORT_SHOTS") or tempfile.mkdtemp(prefix="certrisk-report-shots-"))
+#: Where screenshots and PDF pages go, to look at after a run.
+SHOTS = Path(os.environ.get("CERTRISK_REPORT_SHOTS") or Path(tempfile.gettempdir()) / "certrisk-report-shots")
 
 
 def _need(tool: str, path: str | None) -> str:

@@ -52,6 +52,7 @@ def pdf_text(path, pdftotext) -> str:
 
 
 def pdf_pages(path, pdftoppm, stem: str) -> list:
+    SHOTS.mkdir(parents=True, exist_ok=True)
     prefix = SHOTS / stem
     subprocess.run([pdftoppm, "-png", "-r", "60", str(path), str(prefix)], check=True, timeout=60)
     pages = sorted(SHOTS.glob(f"{stem}-*.png"))
