@@ -8,7 +8,8 @@ of held-out samples with labels; and three production batches without labels:
 - ``clean``: held-out samples;
 - ``shifted``: a visible distribution shift (digits: lower contrast plus pixel noise; breast
   cancer: every size feature reads 0.8 standard deviations high, plus noise);
-- ``attacked``: PGD l2 adversarial examples against the base model.
+- ``attacked``: PGD l2 adversarial examples against the base model, each stopped at its first
+  success (near-minimal perturbations, as an attacker who wants to stay unnoticed makes them).
 
 Datasets: ``digits`` (scikit-learn's 8x8 handwritten digits, a small CNN; the main demo) and
 ``breast_cancer`` (scikit-learn's Wisconsin breast cancer data, z-scored, an MLP; rule-heavy).
@@ -30,7 +31,7 @@ import pandas as pd
 
 from certrisk.schemas.settings import certrisk_home, default_db_url
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 BATCHES = ("clean", "shifted", "attacked")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO_ROOT / "dags"
@@ -172,8 +173,10 @@ def prepare_demo(home: Path | None = None, *, dataset: str = "digits", force: bo
     rng = np.random.default_rng(seed)
     clean = x[prod_idx]
     shifted = _shift(spec, clean, rng)
+    # An attacker wants the smallest change that flips the label: stop each input at its first
+    # success, so the examples sit just past the decision boundary (the budget eps caps them).
     attacked, success = pgd_numpy(model, clean, y[prod_idx], eps=spec.pgd_eps, norm="l2", steps=40, restarts=1,
-                                  seed=seed, clip=spec.pgd_clip)
+                                  seed=seed, clip=spec.pgd_clip, early_stop=True)
     log(f"demo assets ({spec.name}): PGD l2 eps={spec.pgd_eps} against the base model: "
         f"{success.mean():.1%} of inputs misclassified")
 
@@ -191,7 +194,9 @@ def prepare_demo(home: Path | None = None, *, dataset: str = "digits", force: bo
         "model_sha256": model_sha,
         "heldout_accuracy": accuracy,
         "scaling": scaling,
-        "pgd": {"norm": "l2", "eps": spec.pgd_eps, "steps": 40, "success_rate": float(success.mean())},
+        "pgd": {"norm": "l2", "eps": spec.pgd_eps, "steps": 40, "early_stop": True,
+                "success_rate": float(success.mean()),
+                "mean_l2": float(np.linalg.norm((attacked - clean).reshape(len(clean), -1), axis=1).mean())},
         "sizes": {"train": len(train_idx), "reference": len(ref_idx), **{b: len(prod_idx) for b in BATCHES}},
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))

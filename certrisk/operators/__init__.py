@@ -5,17 +5,20 @@ from certrisk.operators.certify import CertifyOperator, MergeCertificatesOperato
 from certrisk.operators.factory import certrisk_dag
 from certrisk.operators.governance import GovernanceWriteOperator, RiskAlertOperator
 from certrisk.operators.hooks import GovernanceHook
+from certrisk.operators.report import ComplianceReportOperator
 from certrisk.operators.score import RiskScoreOperator
 from certrisk.operators.signals import ContextOperator, DriftOperator, RuleCheckOperator
-from certrisk.operators.validate import ValidateBatchOperator
+from certrisk.operators.validate import PlanShardsOperator, ValidateBatchOperator
 
 __all__ = [
     "CertifyOperator",
+    "ComplianceReportOperator",
     "ContextOperator",
     "DriftOperator",
     "GovernanceHook",
     "GovernanceWriteOperator",
     "MergeCertificatesOperator",
+    "PlanShardsOperator",
     "RiskAlertOperator",
     "RiskScoreOperator",
     "RuleCheckOperator",

@@ -7,8 +7,8 @@
     dag = certrisk_dag("policies/fraud.yaml", dag_id="fraud_risk", schedule="@daily",
                        batch_uri="s3://bucket/batches/{{ ds }}.parquet")
 
-The DAG: validate -> certify (mapped over shards, on the policy's queue and pool) -> merge ->
-context; rules and drift in parallel; score -> governance write -> alert (fails the run when the
+The DAG: validate -> plan_shards -> certify (mapped over shards, on the policy's queue and pool) -> merge ->
+context; rules and drift in parallel; score -> governance write -> report (compliance HTML and PDF artifacts) and alert (fails the run when the
 batch tier reaches the policy's alert tier, after the record has landed).
 
 Only the policy YAML is read at parse time (for the certify queue and pool); models, data and
@@ -26,9 +26,10 @@ from airflow.sdk import DAG, Param
 from certrisk.operators.certify import CertifyOperator, MergeCertificatesOperator
 from certrisk.operators.governance import GovernanceWriteOperator, RiskAlertOperator
 from certrisk.operators.hooks import GovernanceHook
+from certrisk.operators.report import ComplianceReportOperator
 from certrisk.operators.score import RiskScoreOperator
 from certrisk.operators.signals import ContextOperator, DriftOperator, RuleCheckOperator
-from certrisk.operators.validate import ValidateBatchOperator
+from certrisk.operators.validate import PlanShardsOperator, ValidateBatchOperator
 from certrisk.schemas.policy import load_policy
 
 
@@ -45,6 +46,7 @@ def certrisk_dag(
     alert: bool = True,
     report: bool = True,
     write_retries: int = 2,
+    shard_size: int | None = None,
     tags: Iterable[str] = ("certrisk",),
     default_args: dict[str, Any] | None = None,
     **dag_kwargs: Any,
@@ -57,6 +59,7 @@ def certrisk_dag(
     :param artifacts_uri: root of run artifacts; default ``file://$CERTRISK_HOME/artifacts``.
     :param alert: end the run with a task that fails when the batch tier reaches the alert tier.
     :param report: write the per-run compliance report as an artifact.
+    :param shard_size: samples per certification shard; default the policy's ``certification.shard_size``.
     """
     policy = load_policy(policy_path).policy
     cert = policy.certification
@@ -77,9 +80,10 @@ def certrisk_dag(
         **dag_kwargs,
     ) as dag:
         validate = ValidateBatchOperator(task_id="validate", batch_uri="{{ params.batch_uri }}", **common)
+        shards = PlanShardsOperator(task_id="plan_shards", batch=validate.output, shard_size=shard_size, **common)
         certify = CertifyOperator.partial(
             task_id="certify", batch=validate.output, **certify_routing, **common
-        ).expand(shard=validate.output["shards"])
+        ).expand(shard=shards.output)
         merged = MergeCertificatesOperator(task_id="merge_certificates", shard_results=certify.output, **common)
         rules = RuleCheckOperator(task_id="rules", batch=validate.output, **common)
         drift = DriftOperator(task_id="drift", batch=validate.output, **common)
@@ -105,6 +109,10 @@ def certrisk_dag(
             retry_delay=timedelta(seconds=5),
             **common,
         )
+        if report:
+            ComplianceReportOperator(
+                task_id="report", recorded=recorded.output, certrisk_conn_id=certrisk_conn_id, **common
+            )
         if alert:
             RiskAlertOperator(task_id="alert", scored=scored.output, recorded=recorded.output, **common)
     return dag

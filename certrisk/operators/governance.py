@@ -58,6 +58,13 @@ class GovernanceWriteOperator(CertriskOperator):
     def hook(self) -> GovernanceHook:
         return GovernanceHook(certrisk_conn_id=self.certrisk_conn_id)
 
+    def evidence_kinds(self, summary: dict) -> list[str]:
+        """Run-level evidence this record itself provides, beyond the per-sample signals."""
+        kinds = ["run_record", "audit_chain", "limitations", "test_sets", "model_inventory", "policy", "risk_tiers"]
+        if Tier(summary["tier"]) >= self.loaded_policy.policy.alert_tier:
+            kinds.append("alert")
+        return kinds
+
     def run(self, context: Context) -> dict:
         from certrisk.governance import RunRecord
 
@@ -86,7 +93,11 @@ class GovernanceWriteOperator(CertriskOperator):
             rule_samples=read_parquet(self.rules["rule_samples"]) if self.rules else empty,
             rule_expectations=read_parquet(self.rules["rule_expectations"]) if self.rules else empty,
             drift_tests=read_parquet(self.drift["drift_tests"]) if self.drift else empty,
-            rmf_evidence=list(run_rmf_evidence(policy=pol, sample_risk=sample_risk, batch_summary=summary)),
+            rmf_evidence=list(
+                run_rmf_evidence(
+                    policy=pol, sample_risk=sample_risk, batch_summary=summary, evidence_kinds=self.evidence_kinds(summary)
+                )
+            ),
         )
         result = self.hook.get_store().write_run(record, supersede=self.supersede)
         self.log.info(

@@ -133,14 +133,16 @@ class ContextOperator(CertriskOperator):
                 continue
             rows = rows.set_index(SAMPLE_ID).loc[batch.ids]
 
-            def compute(spec=spec, method=method):
+            computed: dict = {}
+
+            def reference_certificates(spec=spec, method=method, computed=computed):
                 nonlocal loaded
-                loaded = loaded or load_model(pol.model, lp.model_path, device=self.device or pol.certification.device)
-                x = torch.as_tensor(reference.inputs(pol.model.input_shape))
-                cert = certify_with_spec(
-                    loaded.module, x, spec, seeds=derive_seeds("reference", reference.ids, method), device=loaded.device
-                )
-                return np.stack([cert.radius, cert.abstained.astype(np.float64)], axis=1)
+                if "cert" not in computed:
+                    loaded = loaded or load_model(pol.model, lp.model_path, device=self.device or pol.certification.device)
+                    x = torch.as_tensor(reference.inputs(pol.model.input_shape))
+                    seeds = derive_seeds("reference", reference.ids, method)
+                    computed["cert"] = certify_with_spec(loaded.module, x, spec, seeds=seeds, device=loaded.device)
+                return computed["cert"]
 
             key = {
                 "model": self.certified["model_sha256"],
@@ -148,8 +150,10 @@ class ContextOperator(CertriskOperator):
                 "reference": batch_sha256(reference),
                 "method": method,
             }
-            ref = cached_reference_radii(key, compute)
-            ref_radius, ref_abstained = ref[:, 0], ref[:, 1].astype(bool)
+            ref_radius = cached_reference_radii({**key, "field": "radius"}, lambda f=reference_certificates: f().radius)
+            ref_abstained = cached_reference_radii(
+                {**key, "field": "abstained"}, lambda f=reference_certificates: f().abstained.astype(np.float64)
+            ).astype(bool)
             ref_stats[method] = {
                 "abstention_rate": float(ref_abstained.mean()),
                 "n_reference": len(ref_radius),

@@ -1,5 +1,5 @@
 """ValidateBatchOperator: read a batch, validate it against the policy and the reference set's
-features, write the canonical ``batch.parquet`` and plan the certification shards."""
+features and write the canonical ``batch.parquet``; PlanShardsOperator: split it for mapping."""
 
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ class ValidateBatchOperator(CertriskOperator):
     :param batch_uri: the batch file (templated; env vars such as ${CERTRISK_HOME} expand).
     :param batch_id: name of the batch; default the file stem (templated).
 
-    Returns ``{"batch_path", "batch_id", "n_samples", "batch_sha256", "shards"}``; ``shards`` is
-    the list of ``{"index", "start", "stop"}`` that certification maps over (also pushed as the
-    XCom key ``shards``, so ``CertifyOperator.partial(...).expand(shard=validate.output["shards"])``).
+    Returns ``{"batch_path", "batch_id", "n_samples", "batch_sha256"}``.
     """
 
     template_fields: Sequence[str] = (*CertriskOperator.template_fields, "batch_uri", "batch_id")
@@ -46,16 +44,31 @@ class ValidateBatchOperator(CertriskOperator):
         )
         frame = batch.to_frame()
         path = write_parquet(self.run_dir(context) / "batch.parquet", frame)
-        shards = plan_shards(len(batch), pol.certification.shard_size)
-        context["ti"].xcom_push(key="shards", value=shards)
-        self.log.info(
-            "validated batch %s: %d samples x %d features, %d shard(s) of <= %d",
-            batch.batch_id, len(batch), len(batch.feature_names), len(shards), pol.certification.shard_size,
-        )
+        self.log.info("validated batch %s: %d samples x %d features", batch.batch_id, len(batch), len(batch.feature_names))
         return {
             "batch_path": path,
             "batch_id": batch.batch_id,
             "n_samples": len(batch),
             "batch_sha256": batch_sha256(batch),
-            "shards": shards,
         }
+
+
+class PlanShardsOperator(CertriskOperator):
+    """Plan the certification shards of the staged batch: returns a list of
+    ``{"index", "start", "stop"}`` (its return value is what ``CertifyOperator`` maps over).
+
+    :param batch: the ValidateBatchOperator's dict. :param shard_size: overrides the policy's.
+    """
+
+    template_fields: Sequence[str] = (*CertriskOperator.template_fields, "batch", "shard_size")
+
+    def __init__(self, *, batch: Any, shard_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch = batch
+        self.shard_size = shard_size
+
+    def run(self, context: Context) -> list[dict]:
+        size = int(self.shard_size or self.loaded_policy.policy.certification.shard_size)
+        shards = plan_shards(int(self.batch["n_samples"]), size)
+        self.log.info("planned %d certification shard(s) of <= %d samples", len(shards), size)
+        return shards

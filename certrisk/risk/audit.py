@@ -35,6 +35,7 @@ def pgd_attack(
     restarts: int = 1,
     clip: tuple[float, float] | None = (0.0, 1.0),
     seed: int = 0,
+    early_stop: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Untargeted PGD (Madry et al. 2018) maximising cross-entropy within an lp ball.
 
@@ -44,6 +45,9 @@ def pgd_attack(
     y : tensor of shape (B,), the labels to move away from
     eps : ball radius in ``norm`` ("l2" or "linf")
     restarts : random starts; the first starts at x itself
+    early_stop : freeze each input at the first step that changes its prediction. This gives
+        near-minimal perturbations that sit just past the decision boundary, the imperceptible
+        examples an attacker prefers, instead of points driven deep into another class.
 
     Returns
     -------
@@ -73,6 +77,9 @@ def pgd_attack(
             loss = loss_fn(model(xa), y)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
+                if early_stop:
+                    active = (model(xa).argmax(dim=1) == y).to(grad.dtype)
+                    grad = grad * active.view(-1, *([1] * (grad.dim() - 1)))
                 if norm == "linf":
                     delta = delta + step * grad.sign()
                 else:
