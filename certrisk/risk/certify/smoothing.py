@@ -94,8 +94,15 @@ def measure_forward_rows(model, x: torch.Tensor, *, candidates=None, min_seconds
     return rates
 
 
-def _auto_rows(model, x: torch.Tensor, total_rows: int) -> int:
-    """The fastest measured forward size that fits, cached per model, input shape, device and dtype."""
+def _auto_rows(model, x: torch.Tensor) -> int:
+    """The fastest measured forward size that fits, cached per model, input shape, device and dtype.
+
+    The choice does not depend on the batch being certified (short jobs are padded), so that
+    within a process every call forwards the same number of rows and a sample's certificate does
+    not depend on its shard. Across processes the measurement may pick another size; on CUDA,
+    kernels can differ with the size, so pass ``batch_size`` (the policy's) for certificates that
+    must be bitwise reproducible across processes.
+    """
     key = (tuple(x.shape[1:]), str(x.device), x.dtype)
     try:
         cache = _best_rows.setdefault(model, {})
@@ -104,8 +111,7 @@ def _auto_rows(model, x: torch.Tensor, total_rows: int) -> int:
     if key in cache:
         return cache[key]
     sizes = CANDIDATE_ROWS.get(x.device.type, CANDIDATE_ROWS["cpu"])
-    useful = [s for s in sizes if s <= max(total_rows, sizes[0])] or [sizes[0]]
-    rates = measure_forward_rows(model, x, candidates=useful)
+    rates = measure_forward_rows(model, x, candidates=sizes)
     best = max(rates, key=rates.get) if rates else sizes[0]
     cache[key] = best
     return best
@@ -356,7 +362,7 @@ def smooth_certify(
     start = time.perf_counter()
     _peak_start(dev)
     with torch.inference_mode():
-        rows = batch_size or _auto_rows(model, xt, b * (n0 + n))
+        rows = batch_size or _auto_rows(model, xt)
         counter = _NoisyCounter(model, xt, sigma, 2 * b, rows)
         sel = _streams(seeds, _SELECTION, dev)
         est = _streams(seeds, _ESTIMATION, dev)
@@ -469,7 +475,7 @@ def smooth_predict(
     b = xt.shape[0]
     seeds = resolve_seeds(seed, b)
     with torch.inference_mode():
-        rows = batch_size or _auto_rows(model, xt, b * n)
+        rows = batch_size or _auto_rows(model, xt)
         counter = _NoisyCounter(model, xt, sigma, b, rows)
         est = _streams(seeds, _ESTIMATION, dev)
         counter.run([u for i in range(b) for u in _units(i, i, est[i], 0, n, counter.unit)])
