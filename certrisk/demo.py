@@ -211,9 +211,27 @@ def airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{af / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
+        # The demo prints its own table; a designed alert would otherwise print Airflow's traceback.
+        # Set AIRFLOW__LOGGING__LOGGING_LEVEL=INFO to see every task's log and summary line.
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "CRITICAL"),
         "GX_ANALYTICS_ENABLED": "False",
     }
+
+
+def _outcome(run) -> str:
+    """'success'; 'alert' when every task but the alert succeeded and the alert fired; else the run state."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    if str(run.state) == "success":
+        return "success"
+    with create_session() as session:
+        dag_run = session.query(DagRun).filter_by(dag_id=run.dag_id, run_id=run.run_id).one()
+        states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances(session=session)}
+    others = {task: state for task, state in states.items() if task != "alert"}
+    if states.get("alert") == "failed" and all(state == "success" for state in others.values()):
+        return "alert"
+    return str(run.state)
 
 
 def run_demo(batches: list[str] | None = None, samples: int | None = None, dataset: str = "digits") -> list[dict]:
@@ -221,7 +239,7 @@ def run_demo(batches: list[str] | None = None, samples: int | None = None, datas
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if os.isatty(1) else 130)
     home = certrisk_home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("CERTRISK_HOME", str(home))
@@ -268,10 +286,11 @@ def run_demo(batches: list[str] | None = None, samples: int | None = None, datas
         t0 = time.perf_counter()
         run = dag.test(run_conf={"batch_uri": str(batch_path)})
         elapsed = time.perf_counter() - t0
-        if run.state != "success":
-            console.print(f"[red]DAG run {run.run_id} ended {run.state}[/red]")
-        results.append({"batch": name, "run_id": run.run_id, "state": str(run.state), "seconds": elapsed})
-        console.print(f"  {name}: {run.state} in {elapsed:.1f}s")
+        outcome = _outcome(run)
+        results.append({"batch": name, "run_id": run.run_id, "state": outcome, "seconds": elapsed})
+        style = {"success": "green", "alert": "yellow"}.get(outcome, "red")
+        note = " (the batch tier reached the policy's alert tier; the record landed first)" if outcome == "alert" else ""
+        console.print(f"  {name}: [{style}]{outcome}[/{style}] in {elapsed:.1f}s{note}")
 
     store = GovernanceStore(db_url)
     runs = store.list_runs()
@@ -279,19 +298,20 @@ def run_demo(batches: list[str] | None = None, samples: int | None = None, datas
     for col in ("batch", "samples", "abstention", "mean risk", "low", "medium", "high", "critical", "batch tier", "seconds"):
         table.add_column(col, justify="right" if col not in ("batch", "batch tier") else "left")
     by_run = {r["run_id"]: r for r in runs.to_dict("records")} if len(runs) else {}
+    summaries = {r["run_id"]: store.get_run(dag_id, r["run_id"])["summary"] for r in results if r["run_id"] in by_run}
     for res in results:
         rec = by_run.get(res["run_id"])
         if rec is None:
             table.add_row(res["batch"], "-", "-", "-", "-", "-", "-", "-", res["state"], f"{res['seconds']:.1f}")
             continue
-        counts = rec.get("tier_counts") or {}
+        counts = summaries[res["run_id"]].get("tier_counts") or {}
         table.add_row(
             res["batch"],
             str(rec["n_samples"]),
             f"{rec['abstention_rate']:.1%}",
             f"{rec['mean_risk']:.3f}",
             *(str(counts.get(t, 0)) for t in ("low", "medium", "high", "critical")),
-            str(rec["tier"]),
+            str(rec["tier"]) + (" (alert)" if res["state"] == "alert" else ""),
             f"{res['seconds']:.1f}",
         )
     console.print(table)
@@ -300,7 +320,9 @@ def run_demo(batches: list[str] | None = None, samples: int | None = None, datas
     console.print(f"demo assets:   {assets.root}")
     console.print(f"total:         {time.perf_counter() - t_start:.1f}s")
     console.print("Next: `certrisk runs --format json`, `certrisk samples --run RUN_ID --tier high`, `certrisk verify`.")
-    failed = [r for r in results if r["state"] != "success"]
+    failed = [r for r in results if r["state"] not in ("success", "alert")]
+    if failed:
+        console.print("[red]Rerun with AIRFLOW__LOGGING__LOGGING_LEVEL=INFO to see the task logs.[/red]")
     if failed:
         raise SystemExit(f"{len(failed)} DAG run(s) did not succeed: {[r['batch'] for r in failed]}")
     return results
