@@ -208,12 +208,14 @@ def test_detect_drift_corrects_across_families(digits):
     t = res.tests
     assert list(t.columns) == list(DRIFT_TEST_COLUMNS)
     assert len(t) == 66 and set(t["family"]) == {"univariate", "kernel", "classifier"}
-    assert np.allclose(t["q_value"], bh_qvalues(t["p_value"].to_numpy()))  # one BH over all 66
+    # one weighted BH over all 66: each of the 3 families carries weight 66/3 in total
+    w = np.where(t["family"] == "univariate", 66 / (3 * 64), 66 / 3)
+    assert np.allclose(t["q_value"], np.minimum(bh_qvalues(t["p_value"].to_numpy() / w), 1.0))
     assert (t["drift"] == (t["q_value"] < 0.01)).all()
     assert res.drift
-    # the permutation p-value floor: alone, MMD reaches q = 66 / 201 at best, not below alpha
+    # the permutation p-value floor no longer drowns MMD among 64 KS tests: q <= 3 / 201 * rank
     mmd_row = t.set_index("test").loc["mmd"]
-    assert mmd_row["p_value"] == 1 / 201 and mmd_row["q_value"] >= mmd_row["p_value"]
+    assert mmd_row["p_value"] == 1 / 201 and mmd_row["q_value"] < 66 / 201
     nov = res.novelty
     assert nov["sample_id"].tolist() == ids
     assert nov["domain_probability"].between(0, 1).all()
@@ -260,3 +262,48 @@ def test_bad_input_names_the_fault():
         detect_drift(ref, nan, spec=spec, features=["f0", "f1", "f2"], batch_ids=ids)
     with pytest.raises(InputError, match="categorical feature"):
         feature_tests(ref, ref, features=["f0"], categorical=["zz"])
+
+
+def test_family_weights_and_weighted_bh():
+    from certrisk.risk.drift import adjust_p_values, family_weights
+
+    fams = ["u"] * 4 + ["k"]
+    w = family_weights(fams)
+    assert np.allclose(w, [5 / 8] * 4 + [5 / 2]) and np.isclose(w.mean(), 1.0)
+    p = np.array([0.2, 0.5, 0.04, 0.9, 0.001])
+    # direct weighted BH (Genovese et al. 2006): sort p/w, q_(i) = min_{j>=i} m * (p/w)_(j) / j
+    r = p / w
+    order = np.argsort(r)
+    direct = np.empty(5)
+    running = 1.0
+    for rank in range(5, 0, -1):
+        i = order[rank - 1]
+        running = min(running, 5 * r[i] / rank)
+        direct[i] = running
+    assert np.allclose(adjust_p_values(p, "family-bh", families=fams), direct)
+    # one family: weighted BH is plain BH
+    assert np.allclose(adjust_p_values(p, "family-bh", families=["u"] * 5), bh_qvalues(p))
+    with pytest.raises(InputError, match="one family name per p-value"):
+        adjust_p_values(p, "family-bh")
+
+
+def test_mmd_alone_can_decide_with_family_weights():
+    """A multivariate shift invisible to every marginal: KS finds nothing, MMD alone says drift."""
+    rng = np.random.default_rng(3)
+    n, d = 300, 64
+    ref = rng.normal(size=(n, d))
+    z = rng.normal(size=(n, 1))
+    batch = np.sqrt(0.5) * rng.normal(size=(n, d)) + np.sqrt(0.5) * z  # same N(0,1) marginals, correlated
+    features = [f"f{i}" for i in range(d)]
+    res = detect_drift(
+        ref, batch, spec=DriftSpec(alpha=0.01, tests=("ks", "mmd"), mmd_permutations=500), features=features,
+        batch_ids=[f"b{i}" for i in range(n)], seed=0, device="cpu",
+    )
+    t = res.tests.set_index("test")
+    assert not res.tests.loc[res.tests["family"] == "univariate", "drift"].any()
+    assert res.drift and bool(t.loc["mmd", "drift"])
+    pooled = detect_drift(
+        ref, batch, spec=DriftSpec(alpha=0.01, tests=("ks", "mmd"), mmd_permutations=500), features=features,
+        batch_ids=[f"b{i}" for i in range(n)], seed=0, device="cpu", correction="bh",
+    )
+    assert not pooled.drift  # pooled BH drowns the one multivariate test: q >= 65/501 > 0.01
