@@ -8,6 +8,7 @@ SQLite under ``$CERTRISK_HOME`` so the example DAG runs with no set-up; that emb
 migrated on first use, while a configured connection is never migrated implicitly (run
 ``certrisk db upgrade --db URL`` as an administrator). Credentials are never logged: only the URL
 with its password masked.
+The connection form's labels and extra fields are declared in ``certrisk.provider``.
 """
 
 from __future__ import annotations
@@ -36,18 +37,6 @@ class GovernanceHook(BaseHook):
         super().__init__(**kwargs)
         self.certrisk_conn_id = certrisk_conn_id
         self._embedded_default = False
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": [],
-            "relabeling": {"host": "Host or full SQLAlchemy URL", "schema": "Database"},
-            "placeholders": {
-                "host": "db.internal or postgresql+psycopg://user@db/certrisk",
-                "extra": '{"dialect": "postgresql+psycopg"}',
-                "port": "5432",
-            },
-        }
 
     def get_url(self) -> URL:
         """The SQLAlchemy URL of the connection (fallback: CERTRISK_DB_URL or the default SQLite)."""
