@@ -28,18 +28,29 @@ class CertifyOperator(CertriskOperator):
     :param batch: the dict a ValidateBatchOperator returned (templated, usually its XComArg).
     :param shard: ``{"index", "start", "stop"}``; None certifies the whole batch as shard 0.
     :param device: torch device; default the policy's, else CUDA when available, else CPU.
+    :param run_key: key the seeds derive from (templated); default ``<dag_id>/<run_id>``. Give two
+        runs the same key to reproduce one run's certificates in another (e.g. re-sharded).
 
     Writes ``certificates/shard-NNNNN.parquet`` (CERTIFICATE_COLUMNS, one row per sample and
     method) and ``predictions/shard-NNNNN.parquet``; returns their paths and a small summary.
     """
 
-    template_fields: Sequence[str] = (*CertriskOperator.template_fields, "batch", "shard")
+    template_fields: Sequence[str] = (*CertriskOperator.template_fields, "batch", "shard", "run_key_override")
 
-    def __init__(self, *, batch: Any, shard: dict | None = None, device: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        batch: Any,
+        shard: dict | None = None,
+        device: str | None = None,
+        run_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.batch = batch
         self.shard = shard
         self.device = device
+        self.run_key_override = run_key
 
     def run(self, context: Context) -> dict:
         lp = self.loaded_policy
@@ -50,7 +61,7 @@ class CertifyOperator(CertriskOperator):
         x = torch.as_tensor(batch.inputs(pol.model.input_shape))
         base_pred, base_conf = predict(loaded.module, x, device=loaded.device)
         frames, costs = [], {}
-        run_key = self.run_key(context)
+        run_key = self.run_key_override or self.run_key(context)
         for spec in pol.certification.methods:
             method = str(spec.method)
             ok, reason = method_available(loaded.module, method)
@@ -77,6 +88,7 @@ class CertifyOperator(CertriskOperator):
             "certificates": write_parquet(root / "certificates" / name, certs),
             "predictions": write_parquet(root / "predictions" / name, preds),
             "model_sha256": loaded.sha256,
+            "run_key": run_key,
             "device": str(loaded.device),
             "costs": costs,
         }
@@ -119,12 +131,16 @@ class MergeCertificatesOperator(CertriskOperator):
         model_shas = {r["model_sha256"] for r in results}
         if len(model_shas) != 1:
             raise ValueError(f"shards certified different model files: {sorted(model_shas)}")
+        run_keys = {r.get("run_key") for r in results}
+        if len(run_keys) != 1:
+            raise ValueError(f"shards derived their seeds from different run keys: {sorted(map(str, run_keys))}")
         out = {
             "certificates": write_parquet(root / "certificates.parquet", certs),
             "predictions": write_parquet(root / "predictions.parquet", preds),
             "n_samples": len(preds),
             "n_shards": len(results),
             "model_sha256": model_shas.pop(),
+            "run_key": run_keys.pop(),
             "devices": sorted({r["device"] for r in results}),
             "costs": costs,
         }

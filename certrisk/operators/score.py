@@ -69,7 +69,8 @@ class RiskScoreOperator(CertriskOperator):
             **summary,
             "batch_id": self.batch["batch_id"],
             "batch_sha256": self.batch["batch_sha256"],
-            "run_key": self.run_key(context),
+            # the key the certificate seeds derived from (the certify task's, which may be overridden)
+            "run_key": self.certified.get("run_key") or self.run_key(context),
             "certification_costs": self.certified.get("costs", {}),
             "devices": self.certified.get("devices", []),
             "n_shards": self.certified.get("n_shards", 1),
