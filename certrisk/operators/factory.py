@@ -47,6 +47,8 @@ def certrisk_dag(
     report: bool = True,
     write_retries: int = 2,
     shard_size: int | None = None,
+    run_key: str | None = None,
+    certify_task_kwargs: dict[str, Any] | None = None,
     tags: Iterable[str] = ("certrisk",),
     default_args: dict[str, Any] | None = None,
     **dag_kwargs: Any,
@@ -60,6 +62,10 @@ def certrisk_dag(
     :param alert: end the run with a task that fails when the batch tier reaches the alert tier.
     :param report: write the per-run compliance report as an artifact.
     :param shard_size: samples per certification shard; default the policy's ``certification.shard_size``.
+    :param run_key: key the certification seeds derive from (templated); default ``<dag_id>/<run_id>``.
+    :param certify_task_kwargs: extra BaseOperator arguments of the mapped certify task, e.g.
+        ``executor_config`` (a KubernetesExecutor ``pod_override`` with GPU limits), ``executor``,
+        ``pool_slots`` or ``max_active_tis_per_dag`` (a queue or pool named here overrides the policy's).
     """
     policy = load_policy(policy_path).policy
     cert = policy.certification
@@ -67,6 +73,7 @@ def certrisk_dag(
     certify_routing = {"queue": cert.queue}
     if cert.pool:
         certify_routing["pool"] = cert.pool
+    certify_routing.update(certify_task_kwargs or {})
     with DAG(
         dag_id,
         schedule=schedule,
@@ -82,7 +89,7 @@ def certrisk_dag(
         validate = ValidateBatchOperator(task_id="validate", batch_uri="{{ params.batch_uri }}", **common)
         shards = PlanShardsOperator(task_id="plan_shards", batch=validate.output, shard_size=shard_size, **common)
         certify = CertifyOperator.partial(
-            task_id="certify", batch=validate.output, **certify_routing, **common
+            task_id="certify", batch=validate.output, run_key=run_key, **certify_routing, **common
         ).expand(shard=shards.output)
         merged = MergeCertificatesOperator(task_id="merge_certificates", shard_results=certify.output, **common)
         rules = RuleCheckOperator(task_id="rules", batch=validate.output, **common)
