@@ -34,11 +34,11 @@ def digits_dag(airflow_db):
 
 @pytest.fixture(scope="session")
 def small_batches(demo_assets, tmp_path_factory):
-    """The first 48 samples of each demo batch, as files."""
+    """The first 96 samples of each demo batch, as files."""
     root = tmp_path_factory.mktemp("batches")
     out = {}
     for name, path in demo_assets.batches.items():
         p = root / f"{name}.parquet"
-        pd.read_parquet(path).head(48).to_parquet(p, index=False)
+        pd.read_parquet(path).head(96).to_parquet(p, index=False)
         out[name] = p
     return out

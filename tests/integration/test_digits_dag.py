@@ -25,7 +25,7 @@ def test_dagbag_imports_every_example_dag(airflow_db):
 @pytest.fixture(scope="module")
 def digits_runs(digits_dag, small_batches):
     runs = {}
-    for name in ("clean", "attacked"):
+    for name in ("clean", "shifted", "attacked"):
         run = digits_dag.test(run_conf={"batch_uri": str(small_batches[name])})
         runs[name] = run
     return runs
@@ -54,5 +54,45 @@ def test_attacked_batch_carries_more_risk_than_clean(digits_runs):
     assert attacked["mean_risk"] > clean["mean_risk"]
 
 
+def test_mean_risk_orders_attacked_over_shifted_over_clean(digits_runs):
+    from certrisk.governance import GovernanceStore
+
+    runs = GovernanceStore(default_db_url()).list_runs().set_index("run_id")
+    risk = {name: runs.loc[run.run_id, "mean_risk"] for name, run in digits_runs.items()}
+    assert risk["attacked"] > risk["shifted"] > risk["clean"], risk
+
+
+def test_every_abstained_sample_is_high_or_above(digits_runs):
+    from certrisk.governance import GovernanceStore
+
+    store = GovernanceStore(default_db_url())
+    n_abstained = 0
+    for run in digits_runs.values():
+        samples = store.samples(run.run_id, limit=None)
+        abstained = samples[samples["abstained"].astype(bool)]
+        n_abstained += len(abstained)
+        assert abstained["tier"].isin(["high", "critical"]).all(), abstained[["sample_id", "risk", "tier"]].head()
+    assert n_abstained > 0
+
+
 def test_clean_run_succeeds_end_to_end(digits_runs):
     assert digits_runs["clean"].state == "success"
+
+
+def test_critical_batch_fails_only_the_alert_after_the_record_landed(digits_runs):
+    from certrisk.demo import _outcome
+    from certrisk.governance import GovernanceStore
+
+    run = digits_runs["attacked"]
+    recorded = GovernanceStore(default_db_url()).list_runs().set_index("run_id")
+    assert recorded.loc[run.run_id, "tier"] == "critical"
+    assert _outcome(run) == "alert"
+
+
+def test_run_report_artifact_written(digits_runs):
+    from certrisk.schemas.settings import artifacts_root
+
+    run = digits_runs["clean"]
+    found = list((artifacts_root() / "certrisk_digits").glob("*/report-compliance.html"))
+    assert found, "the report task wrote no compliance report"
+    assert any(p.stat().st_size > 10_000 for p in found)
