@@ -7,7 +7,10 @@ Canonical serialization (what every digest is computed over):
   NaN floats are ``None`` (SQLite stores NaN as NULL) and ``-0.0`` is ``0.0``;
   its bytes are ``repr(row)`` in UTF-8. ``repr`` of a float is the shortest string that reads back
   to the same float64, so floats are serialized exactly;
-* ``row_digest`` = the first 32 hex digits of sha256(those bytes), stored with the row;
+* ``row_digest`` = the first 32 hex digits of sha256(those bytes), stored with the row.
+  ``column_reprs`` and ``row_digests_of`` compute exactly that a column at a time (the write path
+  and ``verify`` both use them, so what is written is what is recomputed); ``row_digest`` is the
+  one-row case;
 * a table digest = sha256 over its row digests in ``row_no`` order; the header digest = sha256 of
   the canonical JSON (sorted keys, no whitespace, floats by ``repr``) of the run's header fields;
 * the manifest = {"header": header digest, "tables": {name: {"rows": n, "digest": d}}}, and the
@@ -29,6 +32,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter, methodcaller
+
+import numpy as np
+import pandas as pd
 
 GENESIS = "0" * 64
 ROW_DIGEST_CHARS = 32
@@ -44,14 +51,68 @@ def sha256_hex(text: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def column_reprs(values, dtype: str, *, none_mask: np.ndarray | None = None) -> list[str]:
+    """``repr`` of every value of one column, computed a column at a time.
+
+    ``values`` is a sequence (list or numpy array) of canonical values of the spec dtype
+    ``dtype``: "float64" (floats or None), "int64", "bool", "string" (str or None) or "object"
+    (lists of str or None). The result equals ``[repr(v) for v in values]`` exactly; floats are
+    formatted once per distinct bit pattern (so 0.0 and -0.0, or NaN and None, stay distinct).
+    A float column may also come as a float64 array with ``none_mask`` marking its None values.
+    """
+    n = len(values)
+    if n == 0:
+        return []
+    if dtype == "float64":
+        if isinstance(values, np.ndarray) and values.dtype == np.float64:
+            arr = values
+            none = None if none_mask is None or not none_mask.any() else none_mask
+        else:
+            seq = values if isinstance(values, list) else list(values)
+            none = None
+            if None in seq:
+                none = np.fromiter((v is None for v in seq), dtype=bool, count=n)
+                seq = [0.0 if v is None else v for v in seq]
+            if not all(type(v) is float for v in seq):  # not floats (a tampered value): plain repr
+                return list(map(repr, values))
+            arr = np.array(seq, dtype=np.float64)
+        codes, uniques = pd.factorize(arr.view(np.int64))
+        texts = np.array(list(map(repr, uniques.view(np.float64).tolist())), dtype=object)[codes]
+        if none is not None and none.any():
+            texts[none] = "None"
+        return texts.tolist()
+    if dtype == "object":
+        memo: dict = {}
+        out = []
+        for v in values:
+            try:
+                key = (type(v), tuple(v)) if v is not None else None
+                text = memo.get(key)
+            except TypeError:  # not a flat list of hashable items (a tampered JSON value): no memo
+                key, text = False, None
+            if text is None:
+                text = repr(v)
+                if key is not False:
+                    memo[key] = text
+            out.append(text)
+        return out
+    return list(map(repr, values.tolist() if isinstance(values, np.ndarray) else values))
+
+
+def row_digests_of(columns: list[list[str]]) -> list[str]:
+    """Row digests from the ``column_reprs`` of a table's columns (in spec order): for each row,
+    the first 32 hex digits of sha256 of ``repr(row)``, i.e. "(" + ", ".join(reprs) + ")"."""
+    if not columns or not len(columns[0]):
+        return []
+    wrap = "({},)".format if len(columns) == 1 else "({})".format
+    texts = map(wrap, map(", ".join, zip(*columns, strict=True)))
+    digests = map(methodcaller("hexdigest"), map(hashlib.sha256, map(methodcaller("encode", "utf-8"), texts)))
+    return list(map(itemgetter(slice(ROW_DIGEST_CHARS)), digests))
+
+
 def row_digest(row: tuple) -> str:
     """Digest of one row given as a tuple of canonical values (see module docstring)."""
-    return hashlib.sha256(repr(row).encode("utf-8")).hexdigest()[:ROW_DIGEST_CHARS]
-
-
-def row_digests(rows) -> list[str]:
-    sha = hashlib.sha256
-    return [sha(repr(row).encode("utf-8")).hexdigest()[:ROW_DIGEST_CHARS] for row in rows]
+    return row_digests_of([[repr(v)] for v in row])[0]
 
 
 def table_digest(digests) -> str:

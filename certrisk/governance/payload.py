@@ -19,9 +19,10 @@ import pandas as pd
 
 from certrisk.governance.chain import (
     canonical_json,
+    column_reprs,
     iso_utc,
     manifest_of,
-    row_digests,
+    row_digests_of,
     sha256_hex,
     table_digest,
 )
@@ -78,38 +79,79 @@ class RunRecord:
     rmf_evidence: list = field(default_factory=list)
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_NULL = "\\N"
+
+
+def _copy_strings(values: list) -> list[str]:
+    """Strings (or None) as fields of PostgreSQL's COPY text format."""
+    present = [v for v in values if v is not None]
+    joined = "".join(present)
+    if any(ch in joined for ch in "\\\t\n\r"):
+        return [_COPY_NULL if v is None else v.translate(_COPY_ESCAPES) for v in values]
+    return [_COPY_NULL if v is None else v for v in values] if len(present) != len(values) else list(values)
+
+
 @dataclass
 class TableRows:
-    """One table's rows in canonical form: digest values, insert values and row digests."""
+    """One table's rows in canonical form, a column at a time: canonical values, their reprs
+    (what the row digests are computed over, see ``chain``) and the row digests."""
 
     columns: tuple[str, ...]
-    json_columns: frozenset
-    values: list[list]  # per column, canonical values (lists for JSON columns)
+    dtypes: tuple[str, ...]
+    values: list[list]  # per column, canonical values (lists of str for JSON columns)
+    reprs: list[list[str]]  # per column, repr of each value
     digests: list[str]
 
     @property
     def n(self) -> int:
         return len(self.digests)
 
+    @property
+    def json_columns(self) -> frozenset:
+        return frozenset(c for c, d in zip(self.columns, self.dtypes, strict=True) if d == "object")
+
     def insert_columns(self) -> list[list]:
         """Per column values ready for the driver: JSON columns as JSON text."""
         out = []
-        for name, col in zip(self.columns, self.values, strict=True):
-            if name in self.json_columns:
-                cache: dict = {}
-                dumped = []
-                for v in col:
-                    if v is None:
-                        dumped.append(None)
-                        continue
-                    key = tuple(v)
-                    text = cache.get(key)
-                    if text is None:
-                        text = cache[key] = json.dumps(v)
-                    dumped.append(text)
-                col = dumped
+        for col, dtype in zip(self.values, self.dtypes, strict=True):
+            if dtype == "object":
+                col = _json_texts(col)
             out.append(col)
         return out
+
+    def copy_columns(self) -> list[list[str]]:
+        """Per column, each value as a field of PostgreSQL's COPY text format (NULL as \\N).
+
+        Floats go as their repr (the shortest text that reads back to the same float64, so COPY
+        stores exactly the digested value), booleans as True/False, JSON as escaped JSON text.
+        """
+        out = []
+        for col, texts, dtype in zip(self.values, self.reprs, self.dtypes, strict=True):
+            if dtype == "string":
+                out.append(_copy_strings(col))
+            elif dtype == "object":
+                out.append(_copy_strings(_json_texts(col)))
+            elif "None" in texts:
+                out.append([_COPY_NULL if t == "None" else t for t in texts])
+            else:
+                out.append(texts)
+        return out
+
+
+def _json_texts(col: list) -> list:
+    cache: dict = {}
+    dumped = []
+    for v in col:
+        if v is None:
+            dumped.append(None)
+            continue
+        key = tuple(v)
+        text = cache.get(key)
+        if text is None:
+            text = cache[key] = json.dumps(v)
+        dumped.append(text)
+    return dumped
 
 
 @dataclass
@@ -133,24 +175,32 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _canonical_floats(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A float column as float64 with -0.0 -> 0.0, and the mask of its NaN (canonically None)."""
+    arr = series.to_numpy(dtype=np.float64, na_value=np.nan) + 0.0
+    return arr, np.isnan(arr)
+
+
 def canonical_column(series: pd.Series, dtype: str) -> list:
-    """Canonical Python values of one column (see ``chain``): NaN -> None, -0.0 -> 0.0."""
+    """Canonical Python values of one column (see ``chain``): NaN -> None, -0.0 -> 0.0.
+
+    Converts the whole column at once (no per-row pandas access).
+    """
     if dtype == "float64":
-        arr = series.to_numpy(dtype=np.float64, na_value=np.nan) + 0.0
+        arr, nan = _canonical_floats(series)
         vals = arr.tolist()
-        if np.isnan(arr).any():
-            vals = [None if math.isnan(v) else v for v in vals]
+        for i in np.flatnonzero(nan).tolist():
+            vals[i] = None
         return vals
     if dtype == "int64":
         return series.to_numpy(dtype=np.int64).tolist()
     if dtype == "bool":
         return series.to_numpy(dtype=bool).tolist()
     if dtype == "string":
-        obj = series.astype(object)
-        return obj.where(series.notna(), None).tolist()
+        return series.to_numpy(dtype=object, na_value=None).tolist()
     # object: lists of str (parquet gives numpy arrays)
     out = []
-    for v in series.tolist():
+    for v in series.to_numpy(dtype=object).tolist():
         if v is None or (isinstance(v, float) and math.isnan(v)):
             out.append(None)
         elif type(v) is list and all(type(x) is str for x in v):
@@ -163,10 +213,27 @@ def canonical_column(series: pd.Series, dtype: str) -> list:
 
 
 def table_rows(frame: pd.DataFrame, spec, *, table: str) -> TableRows:
-    values = [canonical_column(frame[name], dtype) for name, dtype in spec.items()]
-    rows = list(zip(*values, strict=True)) if values and len(frame) else []
-    json_cols = frozenset(name for name, dtype in spec.items() if dtype == "object")
-    return TableRows(tuple(spec), json_cols, values, row_digests(rows))
+    """Canonical values, reprs and row digests of ``frame`` (conformed to ``spec``)."""
+    dtypes = tuple(spec.values())
+    values, reprs = [], []
+    seen_floats: list[tuple[np.ndarray, list[str]]] = []
+    for name, dtype in spec.items():
+        col = canonical_column(frame[name], dtype)
+        if dtype == "float64":
+            arr, nan = _canonical_floats(frame[name])
+            bits = np.where(nan, np.nan, arr).view(np.int64)
+            # columns that repeat another bit for bit (radius and radius_l2 of an l2 certificate)
+            # reuse its reprs: formatting floats is most of the work
+            texts = next((t for b, t in seen_floats if np.array_equal(b, bits)), None)
+            if texts is None:
+                texts = column_reprs(arr, dtype, none_mask=nan)
+                seen_floats.append((bits, texts))
+        else:
+            texts = column_reprs(col, dtype)
+        values.append(col)
+        reprs.append(texts)
+    digests = row_digests_of(reprs) if len(frame) else []
+    return TableRows(tuple(spec), dtypes, values, reprs, digests)
 
 
 def _frame(value, spec, *, table: str) -> pd.DataFrame:
@@ -188,25 +255,30 @@ def _first_duplicate(frame: pd.DataFrame, cols: list[str], *, table: str) -> Non
 
 
 def _check_names(frame: pd.DataFrame, col: str, allowed, *, table: str, what: str) -> None:
-    for row, items in enumerate(frame[col].tolist()):
+    checked: set = set()
+    for row, items in enumerate(frame[col].to_numpy(dtype=object).tolist()):
         if items is None or (isinstance(items, float) and math.isnan(items)):
             continue
-        items = [items] if isinstance(items, str) else list(items)
+        items = (items,) if isinstance(items, str) else tuple(items)
+        if items in checked:
+            continue
         bad = [x for x in items if x not in allowed]
         if bad:
             sid = frame[SAMPLE_ID].iloc[row] if SAMPLE_ID in frame.columns else None
             who = f" (sample_id {sid!r})" if sid is not None else ""
             raise InputError(f"{table}: unknown {what} {bad} in column {col!r}, row {row}{who}")
+        checked.add(items)
 
 
 def _check_known_samples(frame: pd.DataFrame, known: set, *, table: str) -> None:
     if frame.empty:
         return
-    unknown = ~frame[SAMPLE_ID].isin(known).to_numpy()
+    ids = frame[SAMPLE_ID].to_numpy(dtype=object, na_value=None).tolist()
+    unknown = np.fromiter((i not in known for i in ids), dtype=bool, count=len(ids))
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
         raise InputError(
-            f"{table}: sample_id {frame[SAMPLE_ID].iloc[row]!r} (row {row}) is not in sample_risk; "
+            f"{table}: sample_id {ids[row]!r} (row {row}) is not in sample_risk; "
             f"{int(unknown.sum())} row(s) affected"
         )
 

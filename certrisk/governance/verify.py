@@ -18,8 +18,9 @@ from certrisk.governance.chain import (
     GENESIS,
     VerifyReport,
     canonical_json,
+    column_reprs,
     entry_hash,
-    row_digest,
+    row_digests_of,
     sha256_hex,
     table_digest,
 )
@@ -58,6 +59,10 @@ def _check_tables(conn, run, label: str, manifest: dict) -> int:
         rows = conn.execute(
             sa.select(table.c.row_no, table.c.row_digest, *cols).where(table.c.run_pk == run.id).order_by(table.c.row_no)
         ).all()
+        columns = list(zip(*(tuple(r[2:]) for r in rows), strict=True)) if rows else []
+        recomputed_all = row_digests_of(
+            [column_reprs(list(col), dtype) for col, dtype in zip(columns, spec.values(), strict=True)]
+        ) if rows else []
         digests = []
         for expected_no, row in enumerate(rows):
             values = tuple(row[2:])
@@ -72,7 +77,7 @@ def _check_tables(conn, run, label: str, manifest: dict) -> int:
                         where += f" sample_id={orphan!r}"
                         detail += f"; certificates still name sample_id {orphan!r}"
                 raise _Bad(label, where, f"run {label}: {detail}")
-            recomputed = row_digest(values)
+            recomputed = recomputed_all[expected_no]
             if recomputed != row.row_digest:
                 raise _Bad(
                     label,
