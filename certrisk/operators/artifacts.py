@@ -29,10 +29,6 @@ def run_root(artifacts_uri: str | None, dag_id: str, run_id: str) -> ObjectStora
     return root
 
 
-def path_of(uri: str) -> ObjectStoragePath:
-    return ObjectStoragePath(uri)
-
-
 def write_parquet(path: ObjectStoragePath, frame: pd.DataFrame) -> str:
     """Write a frame as parquet (atomically on local files: temp name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +54,11 @@ def write_json(path: ObjectStoragePath, data: dict) -> str:
 def read_json(uri: str | ObjectStoragePath) -> dict:
     path = uri if isinstance(uri, ObjectStoragePath) else ObjectStoragePath(uri)
     return json.loads(path.read_text())
+
+
+def read_text(uri: str | ObjectStoragePath) -> str:
+    path = uri if isinstance(uri, ObjectStoragePath) else ObjectStoragePath(uri)
+    return path.read_text()
 
 
 def write_text(path: ObjectStoragePath, text: str) -> str:

@@ -14,7 +14,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 import certrisk
-from certrisk.operators.artifacts import read_json, read_parquet
+from certrisk.operators.artifacts import read_json, read_parquet, read_text
 from certrisk.operators.base import CertriskOperator
 from certrisk.operators.hooks import GovernanceHook
 from certrisk.risk.score import run_rmf_evidence
@@ -87,7 +87,7 @@ class GovernanceWriteOperator(CertriskOperator):
             policy_sha256=lp.sha256,
             policy_text=lp.text,
             package_version=certrisk.__version__,
-            summary={**summary, "limitations": read_text_artifact(self.scored.get("limitations"))},
+            summary={**summary, "limitations": read_text(self.scored["limitations"])},
             sample_risk=sample_risk,
             certificates=read_parquet(self.certified["certificates"]),
             rule_samples=read_parquet(self.rules["rule_samples"]) if self.rules else empty,
@@ -110,14 +110,6 @@ class GovernanceWriteOperator(CertriskOperator):
             "manifest_digest": result.manifest_digest,
             "tier": summary["tier"],
         }
-
-
-def read_text_artifact(uri: str | None) -> str:
-    if not uri:
-        return ""
-    from certrisk.operators.artifacts import path_of
-
-    return path_of(uri).read_text()
 
 
 class RiskAlertOperator(CertriskOperator):
