@@ -2,7 +2,9 @@
 
 Rule-heavy: profiled ranges plus plausibility limits and batch-level aggregate expectations; all
 three certification methods (randomized smoothing, interval bounds, Lipschitz). Prepare its
-assets with `certrisk demo --dataset breast_cancer`.
+assets with `certrisk demo --dataset breast_cancer`, then run it with
+`airflow dags test certrisk_breast_cancer` (this line also keeps the file visible to Airflow's
+safe-mode DAG discovery, which skips files that never mention "airflow" and "dag").
 """
 
 from pathlib import Path
