@@ -132,7 +132,7 @@ def samples(
     dag: str | None = typer.Option(None, "--dag", help="dag_id, when several DAGs recorded this run_id."),
     tier: str | None = typer.Option(None, help="Only samples of this tier."),
     factor: str | None = typer.Option(None, help="Only samples this factor contributes to, largest first."),
-    limit: int | None = typer.Option(None, help="At most this many samples."),
+    limit: int = typer.Option(1000, help="At most this many samples, riskiest first (0: all of them)."),
     db: str | None = typer.Option(None, "--db", help=_DB_HELP),
     format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
@@ -140,7 +140,7 @@ def samples(
     from certrisk.schemas.errors import CertriskError
 
     try:
-        frame = _store(db).samples(run, tier=tier, factor=factor, dag_id=dag, limit=limit)
+        frame = _store(db).samples(run, tier=tier, factor=factor, dag_id=dag, limit=limit or None)
     except CertriskError as exc:
         _fail(exc)
     cols = ["sample_id", "risk", "tier", "abstained", "top_factors"]

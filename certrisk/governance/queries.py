@@ -1,6 +1,7 @@
 """Dashboard and compliance queries. They read only the views (v_run_summary, v_sample_risk,
-v_rmf_evidence, v_rmf_subcategory, v_daily_trend), so the compliance role can run every one of them;
-none returns a radius or a confidence bound. Times are UTC.
+v_rmf_evidence, v_rmf_subcategory, v_daily_trend, v_drift_test, v_rule_result, v_method_cost), so
+the compliance role can run every one of them; none returns a radius or a confidence bound.
+Times are UTC.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ SAMPLE_COLUMNS = (
     "sample_id", "risk", "tier", "abstained", *(f"factor_{f}" for f in FACTORS), "top_factors", "rmf_ids",
 )  # fmt: skip
 EXPORT_COLUMNS = ("dag_id", "run_id", "revision", "model", "created_at", *SAMPLE_COLUMNS)
+DRIFT_COLUMNS = (
+    "test", "family", "feature", "statistic", "p_value", "q_value", "effect_size", "effect_name", "drift",
+)  # fmt: skip
+RULE_COLUMNS = (
+    "expectation", "expectation_type", "column", "severity", "level", "success", "unexpected_count",
+)  # fmt: skip
+METHOD_COST_COLUMNS = (
+    "method", "n_samples", "share_certified", "share_abstained", "total_seconds", "peak_bytes", "forward_passes",
+)  # fmt: skip
+#: Samples a ``samples`` call returns unless told otherwise (``limit=None``: all of them).
+DEFAULT_SAMPLE_LIMIT = 1000
 
 
 def _tier(value) -> str:
@@ -152,11 +164,12 @@ def samples(
     factor: str | None = None,
     dag_id: str | None = None,
     revision: int | None = None,
-    limit: int | None = None,
+    limit: int | None = DEFAULT_SAMPLE_LIMIT,
 ) -> pd.DataFrame:
     """A run's samples (current revision), riskiest first. ``tier`` keeps that tier; ``factor``
     keeps samples where that factor contributes (factor_<name> > 0, i.e. it is in top_factors),
-    ordered by its contribution. Columns: SAMPLE_COLUMNS."""
+    ordered by its contribution. At most ``limit`` rows (default ``DEFAULT_SAMPLE_LIMIT``; None
+    returns every sample, which on a large run is slow). Columns: SAMPLE_COLUMNS."""
     run_pk = _resolve_run(conn, run_id, dag_id, revision)
     where, params = ["run_pk = :run_pk"], {"run_pk": run_pk}
     order = "risk DESC, row_no"
@@ -170,11 +183,51 @@ def samples(
         order = f"factor_{factor} DESC, risk DESC, row_no"
     sql = f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM v_sample_risk WHERE {' AND '.join(where)} ORDER BY {order}"
     if limit is not None:
+        if int(limit) < 0:
+            raise InputError(f"samples: limit must be >= 0 or None, got {limit}")
         sql += f" LIMIT {int(limit)}"
     frame = pd.DataFrame(conn.execute(sa.text(sql), params).all(), columns=list(SAMPLE_COLUMNS))
     frame["abstained"] = frame["abstained"].astype(bool)
     for col in ("top_factors", "rmf_ids"):
         frame[col] = [_json(v) for v in frame[col]]
+    return frame
+
+
+def _run_view(conn, view: str, columns, run_id, dag_id, revision, order: str) -> pd.DataFrame:
+    run_pk = _resolve_run(conn, run_id, dag_id, revision)
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    rows = conn.execute(sa.text(f"SELECT {quoted} FROM {view} WHERE run_pk = :pk ORDER BY {order}"), {"pk": run_pk})
+    return pd.DataFrame(rows.all(), columns=list(columns))
+
+
+def drift_tests(conn, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> pd.DataFrame:
+    """A run's drift tests (current revision) in recorded order, from v_drift_test: test, family,
+    feature, statistic, p_value, q_value (corrected across families), effect_size, effect_name,
+    drift. Columns: DRIFT_COLUMNS."""
+    frame = _run_view(conn, "v_drift_test", DRIFT_COLUMNS, run_id, dag_id, revision, "row_no")
+    for col in ("statistic", "p_value", "q_value", "effect_size"):
+        frame[col] = frame[col].astype(float)
+    frame["drift"] = frame["drift"].astype(bool)
+    return frame
+
+
+def rule_results(conn, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> pd.DataFrame:
+    """A run's per-expectation outcomes (current revision) in recorded order, from v_rule_result.
+    Columns: RULE_COLUMNS."""
+    frame = _run_view(conn, "v_rule_result", RULE_COLUMNS, run_id, dag_id, revision, "row_no")
+    frame["success"] = frame["success"].astype(bool)
+    return frame
+
+
+def method_costs(conn, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> pd.DataFrame:
+    """Per certification method of a run (current revision), from v_method_cost: samples, shares
+    certified and abstained (0..1), total seconds, peak bytes, forward passes. Aggregates only:
+    no radius or confidence bound. Columns: METHOD_COST_COLUMNS."""
+    frame = _run_view(conn, "v_method_cost", METHOD_COST_COLUMNS, run_id, dag_id, revision, "method")
+    for col in ("share_certified", "share_abstained", "total_seconds"):
+        frame[col] = frame[col].astype(float)
+    for col in ("n_samples", "peak_bytes", "forward_passes"):
+        frame[col] = frame[col].astype("Int64")
     return frame
 
 

@@ -7,7 +7,9 @@ Four group roles (NOLOGIN; grant them to login users: ``GRANT certrisk_complianc
 * ``certrisk_engineer``: reads every record table, raw certificates included, and the views; not
   the audit log.
 * ``certrisk_compliance``: reads the views only: v_run_summary, v_sample_risk (tiers and factors),
-  v_rmf_evidence, v_rmf_subcategory, v_daily_trend. Selecting from ``certificate`` (radii,
+  v_rmf_evidence, v_rmf_subcategory, v_daily_trend, v_drift_test (per-test drift outcomes),
+  v_rule_result (per-expectation outcomes) and v_method_cost (per-method counts, shares, time,
+  memory and forward passes; aggregates only). Selecting from ``certificate`` (radii,
   p_lower) or any table is denied: certificates guide attackers.
 * ``certrisk_auditor``: reads everything, the audit log included.
 
@@ -27,7 +29,10 @@ RECORD_TABLES = (
     "model", "policy", "pipeline_run", "sample_risk", "certificate", "rule_sample", "rule_result",
     "drift_test", "rmf_evidence", "audit_log",
 )  # fmt: skip
-VIEWS = ("v_run_summary", "v_sample_risk", "v_rmf_evidence", "v_rmf_subcategory", "v_daily_trend")
+VIEWS = (
+    "v_run_summary", "v_sample_risk", "v_rmf_evidence", "v_rmf_subcategory", "v_daily_trend", "v_drift_test",
+    "v_rule_result", "v_method_cost",
+)  # fmt: skip
 
 
 def grant_statements(database: str) -> list[str]:

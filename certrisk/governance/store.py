@@ -451,9 +451,25 @@ class GovernanceStore:
             return queries.list_runs(conn, model=model, since=since, until=until, tier=tier, **kw)
 
     def samples(self, run_id: str, tier=None, factor=None, **kw) -> pd.DataFrame:
-        """Per-sample tiers and factors of a run's current revision (no certificate values)."""
+        """Per-sample tiers and factors of a run's current revision (no certificate values), riskiest
+        first; at most ``limit`` rows (default ``queries.DEFAULT_SAMPLE_LIMIT``, None for all)."""
         with self._errors("samples"), self.engine.connect() as conn:
             return queries.samples(conn, run_id, tier=tier, factor=factor, **kw)
+
+    def drift_tests(self, run_id: str, **kw) -> pd.DataFrame:
+        """A run's drift tests (current revision); see ``queries.drift_tests``."""
+        with self._errors("drift_tests"), self.engine.connect() as conn:
+            return queries.drift_tests(conn, run_id, **kw)
+
+    def rule_results(self, run_id: str, **kw) -> pd.DataFrame:
+        """A run's per-expectation rule outcomes (current revision); see ``queries.rule_results``."""
+        with self._errors("rule_results"), self.engine.connect() as conn:
+            return queries.rule_results(conn, run_id, **kw)
+
+    def method_costs(self, run_id: str, **kw) -> pd.DataFrame:
+        """Per-method cost of a run's certification (aggregates only); see ``queries.method_costs``."""
+        with self._errors("method_costs"), self.engine.connect() as conn:
+            return queries.method_costs(conn, run_id, **kw)
 
     def trend(self, model: str | None = None, days: int = 30) -> pd.DataFrame:
         """Daily abstention rate and mean risk per model over the last ``days`` days (UTC)."""

@@ -143,7 +143,11 @@ class PipelineRun(Base):
 
 
 sample_risk_table = _row_table(
-    "sample_risk", SAMPLE_RISK_COLUMNS, key=(SAMPLE_ID,), indexes=(sa.Index(None, "run_pk", "tier"),)
+    "sample_risk",
+    SAMPLE_RISK_COLUMNS,
+    key=(SAMPLE_ID,),
+    # one tier of a run, riskiest first (migration 0002)
+    indexes=(sa.Index("ix_sample_risk_run_pk_tier_risk", "run_pk", "tier", sa.text("risk DESC"), "row_no"),),
 )
 certificate_table = _row_table("certificate", CERTIFICATE_COLUMNS, key=(SAMPLE_ID, "method"))
 rule_sample_table = _row_table("rule_sample", RULE_SAMPLE_COLUMNS, key=(SAMPLE_ID,))

@@ -41,6 +41,10 @@ def test_upgrade_runs_samples_trend_export_verify(db_url, tmp_path):
     assert sorted(r["sample_id"] for r in rows) == sorted(expected["sample_id"])
     assert {"sample_id", "risk", "tier", "abstained", "top_factors"} <= set(rows[0])
     assert [r["risk"] for r in rows] == sorted((r["risk"] for r in rows), reverse=True)
+    out = _cli("samples", "--db", db_url, "--run", "run-0", "--limit", "3", "--format", "json")
+    assert out.exit_code == 0 and len(json.loads(out.stdout)) == 3
+    out = _cli("samples", "--db", db_url, "--run", "run-0", "--limit", "0", "--format", "json")
+    assert out.exit_code == 0 and len(json.loads(out.stdout)) == 25
     out = _cli("samples", "--db", db_url, "--run", "nope")
     assert out.exit_code == 2 and "no recorded run" in out.output
 

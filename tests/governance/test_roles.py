@@ -69,8 +69,11 @@ def test_writer_inserts_but_cannot_change_records(granted):
 
 def test_compliance_reads_views_only(granted):
     url = granted[COMPLIANCE]
-    for view in ("v_run_summary", "v_sample_risk", "v_rmf_evidence", "v_rmf_subcategory", "v_daily_trend"):
+    for view in ("v_run_summary", "v_sample_risk", "v_rmf_evidence", "v_rmf_subcategory", "v_daily_trend",
+                 "v_drift_test", "v_rule_result", "v_method_cost"):
         assert _can(url, f"SELECT * FROM {view}"), view
+    assert not _can(url, "SELECT * FROM drift_test")
+    assert not _can(url, "SELECT * FROM rule_result")
     assert not _can(url, "SELECT radius FROM certificate")
     assert not _can(url, "SELECT p_lower FROM certificate")
     assert not _can(url, "SELECT * FROM sample_risk")
@@ -81,6 +84,8 @@ def test_compliance_reads_views_only(granted):
     assert len(store.samples("run-1", tier=None)) == 20
     assert len(store.trend(days=7)) == 1
     assert store.rmf_coverage("digits")["covered"].sum() == 3
+    assert len(store.drift_tests("run-1")) == 2 and len(store.rule_results("run-1")) == 1
+    assert store.method_costs("run-1")["n_samples"].tolist() == [20, 20]
     with pytest.raises(StoreError, match="permission denied"):
         store.get_run("certrisk_example", "run-1")
     with pytest.raises(StoreError, match="permission denied"):
@@ -91,6 +96,8 @@ def test_compliance_reads_views_only(granted):
 def test_engineer_reads_certificates_not_audit_log(granted):
     url = granted[ENGINEER]
     assert _can(url, "SELECT radius, p_lower FROM certificate")
+    for view in ("v_drift_test", "v_rule_result", "v_method_cost"):
+        assert _can(url, f"SELECT * FROM {view}"), view
     assert not _can(url, "SELECT * FROM audit_log")
     assert not _can(url, "INSERT INTO model (name, sha256, registered_at) VALUES ('x', 'y', now())")
     assert not _can(url, "UPDATE certificate SET radius = 1")
@@ -99,7 +106,7 @@ def test_engineer_reads_certificates_not_audit_log(granted):
 
 def test_auditor_reads_everything_and_changes_nothing(granted):
     url = granted[AUDITOR]
-    for table in ("certificate", "audit_log", "sample_risk", "pipeline_run", "v_sample_risk"):
+    for table in ("certificate", "audit_log", "sample_risk", "pipeline_run", "v_sample_risk", "v_method_cost"):
         assert _can(url, f"SELECT * FROM {table}"), table
     assert not _can(url, "INSERT INTO model (name, sha256, registered_at) VALUES ('x', 'y', now())")
     assert not _can(url, "DELETE FROM audit_log")

@@ -24,7 +24,7 @@ def _count(store, table):
 def test_upgrade_loads_catalog_and_is_repeatable(store):
     store.upgrade()
     assert _count(store, "rmf_subcategory") == len(catalog()) == 72
-    assert store.current_revision() == "0001"
+    assert store.current_revision() == "0002"
 
 
 def test_write_then_read_back_exactly(store, record):
