@@ -134,6 +134,11 @@ def fmt_time(value) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _present(value) -> bool:
+    """A recorded number (not None, NA or NaN)."""
+    return value is not None and not pd.isna(value)
+
+
 def fmt_bytes(value) -> str:
     if value is None or pd.isna(value):
         return "n/a"
@@ -284,6 +289,10 @@ def _abstention_section(data: RunData, policy) -> Section:
         else:
             facts.append(("Test", "not run: no reference abstention rate was recorded"))
     else:
+        ref, p_value = run.get("reference_abstention_rate"), run.get("abstention_p_value")
+        facts.append(("Reference abstention rate", fmt_pct(ref) if _present(ref) else "not recorded"))
+        if _present(p_value):
+            facts.append(("p-value (one-sided: batch abstains more often than the reference)", fmt_p(p_value)))
         detail = _evidence_detail(data.evidence, "abstention")
         facts.append(("Test against the reference", detail or "not run: no reference abstention rate was recorded"))
         elevated = any("abstention elevated" in str(r) for r in run["reasons"])
@@ -327,12 +336,14 @@ def _rules_section(data: RunData) -> Section:
     if detail:
         sec.facts.append(("Expectations", detail))
     if data.rule_expectations is not None and len(data.rule_expectations):
+        observed = "observed_value" in data.rule_expectations.columns  # the compliance view has no observed values
         rows = [
-            [r.expectation, r.severity, r.level, "passed" if r.success else "failed", str(r.unexpected_count),
-             str(r.observed_value)[:60]]
+            [r.expectation, r.severity, r.level, "passed" if r.success else "failed", str(r.unexpected_count)]
+            + ([str(r.observed_value)[:60]] if observed else [str(r.column)])
             for r in data.rule_expectations.sort_values("success").itertuples(index=False)
         ]
-        sec.tables.append(Table(["Expectation", "Severity", "Level", "Result", "Unexpected", "Observed"], rows,
+        last = "Observed" if observed else "Column"
+        sec.tables.append(Table(["Expectation", "Severity", "Level", "Result", "Unexpected", last], rows,
                                 caption="Rule expectations (failed first)"))
     elif data.rule_expectations is None:
         sec.notes.append("Per-expectation results are in the engineer edition.")
@@ -400,7 +411,25 @@ def _methods_section(data: RunData) -> Section:
         if detail:
             sec.facts.append(("Certification", detail))
         sec.facts.append(("Samples not abstained", fmt_pct(1.0 - float(data.run["abstention_rate"]))))
-        sec.notes.append("Per-method time, memory and forward passes are in the engineer edition.")
+        costs = data.method_costs
+        if costs is not None and len(costs):
+            rows = [
+                [str(r.method), f"{int(r.n_samples):,}", fmt_pct(r.share_certified), fmt_pct(r.share_abstained),
+                 f"{1000 * r.total_seconds / int(r.n_samples):.2f} ms" if _present(r.total_seconds) else "n/a",
+                 f"{r.total_seconds:.2f} s" if _present(r.total_seconds) else "n/a",
+                 fmt_bytes(r.peak_bytes) if _present(r.peak_bytes) else "n/a",
+                 f"{int(r.forward_passes) / int(r.n_samples):,.0f}" if _present(r.forward_passes) else "n/a"]
+                for r in costs.itertuples(index=False)
+            ]
+            sec.paragraphs.append(
+                "What each method costs on this batch: wall time amortised per sample, the batch's peak "
+                "memory, forward passes per sample, and the shares of samples certified and abstained."
+            )
+            sec.tables.append(Table(
+                ["Method", "Samples", "Certified", "Abstained", "Time / sample", "Total time", "Peak memory",
+                 "Forward passes / sample"], rows, caption="Resource comparison of the certification methods"))
+        else:
+            sec.notes.append("Per-method time, memory and forward passes are in the engineer edition.")
         return sec
     if not len(c):
         sec.paragraphs.append("No certificate rows were recorded for this run.")

@@ -2,7 +2,8 @@
 
 ``ComplianceSource`` reads only the governance views the compliance role is granted
 (``v_run_summary``, ``v_sample_risk``, ``v_rmf_evidence``, ``v_rmf_subcategory``,
-``v_daily_trend``): tiers, factors, aggregates and RMF evidence, never a radius or a confidence
+``v_daily_trend``, ``v_drift_test``, ``v_rule_result``, ``v_method_cost``): tiers, factors, drift
+tests, rule outcomes, per-method cost aggregates and RMF evidence, never a radius or a confidence
 bound. ``EngineerSource`` adds the raw tables (certificates, drift tests, rule results, the
 policy text) through ``GovernanceStore.get_run``; on PostgreSQL only the engineer and auditor
 roles can read them.
@@ -26,7 +27,7 @@ from certrisk.schemas.enums import Edition, Tier
 from certrisk.schemas.errors import InputError, StoreError
 
 #: Columns of v_run_summary a report reads (all of them compliance-visible).
-RUN_VIEW_COLUMNS = (*queries.RUN_COLUMNS, "tier_counts")
+RUN_VIEW_COLUMNS = (*queries.RUN_COLUMNS, "tier_counts", "reference_abstention_rate", "abstention_p_value")
 EVIDENCE_COLUMNS = ("subcategory_id", "evidence_kind", "detail")
 
 
@@ -51,9 +52,12 @@ class RunData:
 
     ``run``: the v_run_summary row (reasons as a list, tier_counts as a dict). ``samples``: the
     sample tiers and factors (queries.SAMPLE_COLUMNS), riskiest first. ``evidence``: the run's
-    RMF evidence rows. The engineer edition also carries ``summary`` (the full batch summary),
-    ``certificates``, ``drift_tests``, ``rule_expectations`` and ``policy_text``; for the
-    compliance edition they are None.
+    RMF evidence rows. ``drift_tests`` and ``rule_expectations``: per-test and per-expectation
+    outcomes (the compliance edition reads them from v_drift_test and v_rule_result, without the
+    observed values). ``method_costs``: per certification method, samples, shares certified and
+    abstained, time, peak memory and forward passes (compliance edition, from v_method_cost). The
+    engineer edition also carries ``summary`` (the full batch summary), ``certificates`` and
+    ``policy_text``; for the compliance edition they are None.
     """
 
     edition: Edition
@@ -66,6 +70,7 @@ class RunData:
     drift_tests: pd.DataFrame | None = None
     rule_expectations: pd.DataFrame | None = None
     policy_text: str | None = None
+    method_costs: pd.DataFrame | None = None
 
 
 @dataclass
@@ -148,7 +153,7 @@ class ComplianceSource:
 
     def _run_parts(self, conn, run_id, dag_id, revision):
         run = self.find_run(conn, run_id, dag_id, revision)
-        samples = queries.samples(conn, run_id, dag_id=run["dag_id"], revision=run["revision"])
+        samples = queries.samples(conn, run_id, dag_id=run["dag_id"], revision=run["revision"], limit=None)
         evidence = pd.DataFrame(
             conn.execute(
                 sa.text(
@@ -163,8 +168,13 @@ class ComplianceSource:
     def run(self, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> RunData:
         with self.store._errors("report"), self.store.engine.connect() as conn:
             run, samples, evidence = self._run_parts(conn, run_id, dag_id, revision)
+            key = {"dag_id": run["dag_id"], "revision": run["revision"]}
+            drift = queries.drift_tests(conn, run["run_id"], **key)
+            rules = queries.rule_results(conn, run["run_id"], **key)
+            costs = queries.method_costs(conn, run["run_id"], **key)
         audit = audit_status(self.store) if self.verify else AuditStatus(False, False, "not checked")
-        return RunData(self.edition, run, samples, evidence, audit)
+        return RunData(self.edition, run, samples, evidence, audit, drift_tests=drift, rule_expectations=rules,
+                       method_costs=costs)
 
     # ---------------------------------------------------------------- periods
     def period(self, *, model: str | None, days: int = 30, until: datetime | None = None) -> PeriodData:

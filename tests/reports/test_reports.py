@@ -302,3 +302,30 @@ def test_unknown_run_and_bad_period(recorded):
     with pytest.raises(InputError, match="30d"):
         parse_period("thirty")
     assert parse_period("7d") == 7 == parse_period(7)
+
+
+def test_compliance_edition_shows_drift_rules_method_cost_and_abstention_test(recorded, reports):
+    """Read from v_drift_test, v_rule_result, v_method_cost and v_run_summary (the compliance views)."""
+    _store, record = recorded
+    report = reports["run", "compliance", "report"]
+    sections = {s.key: s for s in report.sections}
+    drift = sections["drift"].tables[0]
+    assert len(drift.rows) == len(record.drift_tests)
+    assert drift.rows[0][:3] == ["ks", "feature", "px_3_4"] and drift.rows[0][-1] == "rejected"
+    assert "3.00e-06" in " ".join(drift.rows[0])
+    rules = sections["rules"].tables[0]
+    assert {row[0] for row in rules.rows} == set(record.rule_expectations["expectation"])
+    assert rules.columns[-1] == "Column"  # the compliance view carries no observed values
+    methods = sections["methods"].tables[0]
+    certs = record.certificates
+    by_method = {row[0]: row for row in methods.rows}
+    assert set(by_method) == {"smoothing", "ibp"}
+    for method, g in certs.groupby("method"):
+        row = by_method[method]
+        assert row[1] == f"{len(g):,}"
+        assert row[2] == f"{100 * (1 - g['abstained'].mean()):.1f}%"
+        assert row[5] == f"{g['seconds'].sum():.2f} s"
+    assert not any(RAW_COLUMNS.search(h) or "radius" in h.lower() for h in methods.columns)
+    facts = dict(sections["abstention"].facts)
+    assert facts["Reference abstention rate"] == "6.0%"
+    assert any(k.startswith("p-value") for k in facts)
