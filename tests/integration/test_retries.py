@@ -161,7 +161,7 @@ def test_exactly_one_governance_record(faulty_run):
         assert runs["run_id"].tolist() == [run.run_id]
         recorded = store.get_run(run.dag_id, run.run_id)
         assert int(recorded["revision"]) == 1
-        assert len(store.samples(run.run_id)) == faults.n_samples
+        assert len(store.samples(run.run_id, limit=None)) == faults.n_samples
         merged = read_parquet(run_root(None, run.dag_id, run.run_id) / "certificates.parquet")
         certs = recorded["certificates"]
         assert certs["sample_id"].tolist() == merged["sample_id"].tolist()

@@ -226,5 +226,5 @@ def test_scheduler_runs_certrisk_digits_through_the_rest_api(cluster, small_batc
     assert runs["run_id"].tolist() == [run_id]
     expected = sorted(pd.read_parquet(batch)["sample_id"])
     assert int(runs.iloc[0]["n_samples"]) == len(expected)
-    assert sorted(gov.samples(run_id)["sample_id"]) == expected
+    assert sorted(gov.samples(run_id, limit=None)["sample_id"]) == expected
     assert gov.verify().ok

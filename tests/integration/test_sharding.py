@@ -105,8 +105,8 @@ def test_governance_records_both_runs_with_equal_certificates(one_and_three_shar
     store = GovernanceStore(default_db_url())
     runs = store.list_runs().set_index("run_id")
     assert one.run_id in runs.index and three.run_id in runs.index
-    s1 = store.samples(one.run_id).sort_values("sample_id").reset_index(drop=True)
-    s3 = store.samples(three.run_id).sort_values("sample_id").reset_index(drop=True)
+    s1 = store.samples(one.run_id, limit=None).sort_values("sample_id").reset_index(drop=True)
+    s3 = store.samples(three.run_id, limit=None).sort_values("sample_id").reset_index(drop=True)
     assert s1["sample_id"].tolist() == s3["sample_id"].tolist()
     assert s1["tier"].tolist() == s3["tier"].tolist()
     # The record names the key the seeds came from, not the run's own dag_id/run_id.
