@@ -6,16 +6,23 @@ probability is at least ``p_lower > 1/2``, g is constant on the l2 ball of radiu
 
 How the work is laid out
 ------------------------
-Every input owns two noise streams (``torch.Generator`` on the device): selection and
-estimation, seeded from the input's own seed. A stream is always drawn in the same pieces
-("units" of at most ``UNIT_ROWS[device type]`` rows, cut at fixed offsets), whatever else is in
-the batch, so an input sees the same noise whether it is certified alone, in a shard of 3 or in
-a batch of 500. Units of many inputs are packed back to back into fixed-size chunks; each chunk
-is forwarded in slices of ``batch_size`` rows (the last chunk is padded, so every forward pass
-has the same number of rows), and the predictions are counted per (input, stream, class) with
-one ``bincount`` on the device. Nothing is copied to the host until an input's counts are
-needed (once at the end in fixed mode, once per stage in sequential mode). Only one chunk of
-noisy copies exists at a time.
+Every input owns two noise streams, selection and estimation, whose 64-bit keys come from the
+input's own seed (``batch.stream_seed``). Row r of a stream is noise computed from (key, r)
+alone by the counter-based generator of ``certrisk.risk.certify.noise`` (splitmix64 words,
+Box-Muller), so an input sees the same noise whether it is certified alone, in a shard of 3 or in
+a batch of 500, and however its rows fall into chunks. The rows of many inputs' streams are
+packed back to back into fixed-size chunks; each chunk's noise is computed at once (a dozen
+elementwise kernels however many inputs it holds), the chunk is forwarded in slices of
+``batch_size`` rows (the last chunk is padded to a whole slice, so every forward pass has the
+same number of rows), and the predictions are counted per (input, stream, class) with one
+``index_add_`` on the device. Nothing is copied to the host until an input's counts are needed
+(once at the end in fixed mode, once per stage in sequential mode), and nothing in a chunk waits
+for the device, so on CUDA the host queues the next chunk while the device runs this one. Only
+one chunk of noisy copies exists at a time.
+
+The noise is the same integer bits on every device; CPU and CUDA round the Box-Muller floats
+differently (a few ulps), and their convolution kernels differ too, so certificates computed on
+the two devices can differ where a noisy copy sits on a decision boundary.
 """
 
 from __future__ import annotations
@@ -39,13 +46,15 @@ from certrisk.risk.certify.inputs import (
     place,
     run_model,
 )
+from certrisk.risk.certify.noise import BLOCK_WORDS, as_int64, normal_rows
 from certrisk.risk.certify.stats import clopper_pearson_lower, clopper_pearson_upper, smoothing_radius
 from certrisk.schemas.enums import Method, Norm
 from certrisk.schemas.errors import InputError
 
-#: Rows per noise draw, by device type. Part of the reproducibility contract: changing it
-#: changes which noise an input sees.
-UNIT_ROWS = {"cpu": 256, "cuda": 2048}
+#: Fewest rows whose noise is computed at once, by device type (a chunk is the forward size
+#: rounded up to a multiple of it). Not part of the reproducibility contract: the noise of a row
+#: does not depend on the chunk it lands in.
+MIN_CHUNK_ROWS = {"cpu": 256, "cuda": 8192}
 #: Candidate forward-pass sizes measured when ``batch_size`` is None.
 CANDIDATE_ROWS = {"cpu": (256, 512, 1024, 2048, 4096), "cuda": (2048, 8192, 32768, 65536, 131072, 262144)}
 #: First stage of sequential mode (noise samples per input); each later stage doubles it.
@@ -55,8 +64,8 @@ _SELECTION, _ESTIMATION = 1, 2
 _best_rows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _unit_rows(dev: torch.device) -> int:
-    return UNIT_ROWS.get(dev.type, UNIT_ROWS["cpu"])
+def _min_chunk_rows(dev: torch.device) -> int:
+    return MIN_CHUNK_ROWS.get(dev.type, MIN_CHUNK_ROWS["cpu"])
 
 
 def _sync(dev: torch.device) -> None:
@@ -117,83 +126,82 @@ def _auto_rows(model, x: torch.Tensor) -> int:
     return best
 
 
-@dataclass(frozen=True)
-class _Unit:
-    slot: int  # row of the count table
-    owner: int  # input index
-    stream: torch.Generator
-    rows: int
+@dataclass
+class _Plan:
+    """Stream segments in packing order, each of shape (S,): count-table row, input, stream key,
+    first row within the stream, number of rows."""
 
+    slot: list
+    owner: list
+    key: list
+    first: list
+    rows: list
 
-def _units(slot: int, owner: int, stream: torch.Generator, start: int, stop: int, unit: int) -> list[_Unit]:
-    """Draws covering samples [start, stop) of a stream, cut at multiples of ``unit``."""
-    out = []
-    pos = start
-    while pos < stop:
-        end = min(stop, (pos // unit + 1) * unit)
-        out.append(_Unit(slot, owner, stream, end - pos))
-        pos = end
-    return out
+    @classmethod
+    def empty(cls) -> _Plan:
+        return cls([], [], [], [], [])
+
+    def add(self, slot: int, owner: int, key: int, first: int, stop: int) -> None:
+        """Rows [first, stop) of the stream with this key, counted in ``slot``."""
+        if stop > first:
+            self.slot.append(slot)
+            self.owner.append(owner)
+            self.key.append(key)
+            self.first.append(first)
+            self.rows.append(stop - first)
 
 
 class _NoisyCounter:
-    """Draws noise unit by unit, packs units into chunks and counts predictions per slot on the device."""
+    """Computes noise chunk by chunk, forwards it and counts predictions per slot on the device."""
 
     def __init__(self, model, x: torch.Tensor, sigma: float, n_slots: int, forward_rows: int):
         self.model = model
         self.x = x
         self.sigma = float(sigma)
         self.dev = x.device
-        self.unit = _unit_rows(self.dev)
         self.forward_rows = int(forward_rows)
-        self.chunk_rows = -(-max(self.forward_rows, self.unit) // self.forward_rows) * self.forward_rows
+        self.chunk_rows = -(-max(self.forward_rows, _min_chunk_rows(self.dev)) // self.forward_rows) * self.forward_rows
         self.n_slots = n_slots
         self.trash = n_slots  # padded rows are counted here and ignored
-        shape = tuple(x.shape[1:])
-        self.noise = torch.empty((self.chunk_rows + self.unit, *shape), device=self.dev, dtype=x.dtype)
-        self.slots = np.full(self.chunk_rows + self.unit, self.trash, dtype=np.int64)
-        self.fill = 0
+        self.width = int(np.prod(x.shape[1:]))
+        self.noise = torch.empty((self.chunk_rows, *x.shape[1:]), device=self.dev, dtype=x.dtype)
+        self.ones = torch.ones(self.chunk_rows, dtype=torch.int64, device=self.dev)
         self.counts: torch.Tensor | None = None
         self.k: int | None = None
         self.rows_forwarded = 0
         self.activation_bytes = 0
 
-    def run(self, units: list[_Unit]) -> None:
-        """Draw, forward and count every unit; pads and flushes the last chunk."""
-        for u in units:
-            torch.randn(
-                (u.rows, *self.noise.shape[1:]),
-                generator=u.stream,
-                device=self.dev,
-                dtype=self.noise.dtype,
-                out=self.noise[self.fill : self.fill + u.rows],
-            )
-            self.slots[self.fill : self.fill + u.rows] = u.slot
-            self.fill += u.rows
-            if self.fill >= self.chunk_rows:
-                self._flush()
-        if self.fill:
-            self.noise[self.fill : self.chunk_rows].zero_()
-            self.slots[self.fill : self.chunk_rows] = self.trash
-            self.fill = self.chunk_rows
-            self._flush()
-
-    def _flush(self) -> None:
-        rows = self.chunk_rows
-        slots = torch.from_numpy(self.slots[:rows].copy()).to(self.dev, non_blocking=True)
-        owners = torch.remainder(slots, self.x.shape[0])
-        batch = self.x.index_select(0, owners)
-        batch.add_(self.noise[:rows], alpha=self.sigma)
-        preds = self._predict(batch)
-        if self.counts is None:
-            self.counts = torch.zeros((self.n_slots + 1) * self.k, dtype=torch.int64, device=self.dev)
-        self.counts += torch.bincount(slots * self.k + preds, minlength=self.counts.shape[0])
-        self.rows_forwarded += rows
-        rest = self.fill - rows
-        if rest:
-            self.noise[:rest] = self.noise[rows : self.fill].clone()
-            self.slots[:rest] = self.slots[rows : self.fill]
-        self.fill = rest
+    def run(self, plan: _Plan) -> None:
+        """Compute, forward and count every row of the plan; pads the last chunk to a whole forward slice."""
+        if not plan.rows:
+            return
+        dev = self.dev
+        count = torch.tensor(plan.rows, dtype=torch.int64)
+        ends = torch.cumsum(count, 0)
+        total = int(ends[-1])
+        ends, count = ends.to(dev), count.to(dev)
+        slot, owner, key, first = (torch.tensor(v, dtype=torch.int64, device=dev) for v in (plan.slot, plan.owner, plan.key, plan.first))
+        first = first - (ends - count)  # stream row = first + packed position
+        last = len(plan.rows) - 1
+        steps = torch.arange(self.chunk_rows, dtype=torch.int64, device=dev)
+        for g0 in range(0, total, self.chunk_rows):
+            fwd = self.forward_rows
+            rows = min(self.chunk_rows, -(-(total - g0) // fwd) * fwd)
+            pos = steps[:rows] + g0
+            seg = torch.searchsorted(ends, pos, right=True)
+            padded = seg > last
+            seg.clamp_(max=last)
+            slots = slot[seg].masked_fill_(padded, self.trash)
+            noise = self.noise[:rows]
+            normal_rows(key[seg], first[seg] + pos, self.width, out=noise.view(rows, self.width))
+            batch = self.x.index_select(0, owner[seg])
+            batch.add_(noise, alpha=self.sigma)
+            preds = self._predict(batch)
+            if self.counts is None:
+                self.counts = torch.zeros((self.n_slots + 1) * self.k, dtype=torch.int64, device=dev)
+            # index_add_, not bincount: CUDA's bincount reads the largest index back to the host
+            self.counts.index_add_(0, slots * self.k + preds, self.ones[:rows])
+            self.rows_forwarded += rows
 
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
         preds = []
@@ -245,22 +253,21 @@ class _NoisyCounter:
         return self.counts.view(self.n_slots + 1, self.k)[: self.n_slots].cpu().numpy()
 
     def cpu_peak_estimate(self) -> int:
-        """Upper-bound estimate of the working set: certrisk's buffers, the inputs, the parameters,
+        """Estimate of the working set: certrisk's buffers, the inputs, the parameters,
         the model's leaf outputs for one forward slice, and the count table."""
-        buffers = self.noise.numel() * self.noise.element_size() * 2 + self.slots.nbytes * 3
+        rows = self.chunk_rows
+        words = min(rows * ((self.width + 1) // 2), max(BLOCK_WORDS, (self.width + 1) // 2))
+        # noise and the noisy batch; the generator's int64 and float temporaries; per-row indices
+        buffers = self.noise.numel() * self.noise.element_size() * 2 + words * 8 * 3 + rows * 8 * 10
         params = sum(p.numel() * p.element_size() for p in getattr(self.model, "parameters", list)())
         counts = 0 if self.counts is None else self.counts.numel() * 8
         x_bytes = self.x.numel() * self.x.element_size()
         return int(buffers + params + counts + x_bytes + self.activation_bytes)
 
 
-def _streams(seeds: np.ndarray, which: int, dev: torch.device) -> list[torch.Generator]:
-    out = []
-    for s in seeds:
-        g = torch.Generator(device=dev)
-        g.manual_seed(stream_seed(int(s), which))
-        out.append(g)
-    return out
+def _stream_keys(seeds: np.ndarray, which: int) -> list[int]:
+    """The noise key (int64 reading of ``stream_seed``) of each input's selection or estimation stream."""
+    return [as_int64(stream_seed(int(s), which)) for s in seeds]
 
 
 def _validate(model, x, sigma, n0, n, alpha, batch_size, mode, target_radius, device, what):
@@ -364,15 +371,14 @@ def smooth_certify(
     with torch.inference_mode():
         rows = batch_size or _auto_rows(model, xt)
         counter = _NoisyCounter(model, xt, sigma, 2 * b, rows)
-        sel = _streams(seeds, _SELECTION, dev)
-        est = _streams(seeds, _ESTIMATION, dev)
-        unit = counter.unit
+        sel = _stream_keys(seeds, _SELECTION)
+        est = _stream_keys(seeds, _ESTIMATION)
         if mode == "fixed":
-            units = []
+            plan = _Plan.empty()
             for i in range(b):
-                units += _units(b + i, i, sel[i], 0, n0, unit)
-                units += _units(i, i, est[i], 0, n, unit)
-            counter.run(units)
+                plan.add(b + i, i, sel[i], 0, n0)
+                plan.add(i, i, est[i], 0, n)
+            counter.run(plan)
             table = counter.table()
             c_a = table[b:].argmax(axis=1)
             n_a = table[np.arange(b), c_a]
@@ -380,9 +386,12 @@ def smooth_certify(
             p_lower = clopper_pearson_lower(n_a, used, alpha)
             stages = None
         else:
-            counter.run([u for i in range(b) for u in _units(b + i, i, sel[i], 0, n0, unit)])
+            plan = _Plan.empty()
+            for i in range(b):
+                plan.add(b + i, i, sel[i], 0, n0)
+            counter.run(plan)
             c_a = counter.table()[b:].argmax(axis=1)
-            p_lower, used, stages = _sequential(counter, est, c_a, b, n, alpha, sigma, target_radius, unit)
+            p_lower, used, stages = _sequential(counter, est, c_a, b, n, alpha, sigma, target_radius)
         peak, peak_kind = _peak_end(dev, counter)
     seconds = time.perf_counter() - start
     abstained = p_lower < 0.5
@@ -423,7 +432,7 @@ def sequential_stages(n: int) -> list[int]:
     return stages
 
 
-def _sequential(counter, est, c_a, b, n, alpha, sigma, target_radius, unit):
+def _sequential(counter, est, c_a, b, n, alpha, sigma, target_radius):
     stages = sequential_stages(n)
     level = alpha / len(stages)
     p_target = float(norm.cdf(float(target_radius) / float(sigma)))
@@ -434,7 +443,10 @@ def _sequential(counter, est, c_a, b, n, alpha, sigma, target_radius, unit):
     rows = np.arange(b)
     for k, size in enumerate(stages):
         idx = np.flatnonzero(active)
-        counter.run([u for i in idx for u in _units(i, i, est[i], prev, size, unit)])
+        plan = _Plan.empty()
+        for i in idx:
+            plan.add(int(i), int(i), est[i], prev, size)
+        counter.run(plan)
         table = counter.table()
         n_a = table[rows, c_a][idx]
         lo = clopper_pearson_lower(n_a, size, level)
@@ -471,14 +483,17 @@ def smooth_predict(
     x : array of shape (B, *input_shape). Returns int64 array of shape (B,).
     """
     what = "smooth_predict"
-    model, dev, xt = _validate(model, x, sigma, 1, n, alpha, batch_size, "fixed", None, device, what)
+    model, _, xt = _validate(model, x, sigma, 1, n, alpha, batch_size, "fixed", None, device, what)
     b = xt.shape[0]
     seeds = resolve_seeds(seed, b)
     with torch.inference_mode():
         rows = batch_size or _auto_rows(model, xt)
         counter = _NoisyCounter(model, xt, sigma, b, rows)
-        est = _streams(seeds, _ESTIMATION, dev)
-        counter.run([u for i in range(b) for u in _units(i, i, est[i], 0, n, counter.unit)])
+        est = _stream_keys(seeds, _ESTIMATION)
+        plan = _Plan.empty()
+        for i in range(b):
+            plan.add(i, i, est[i], 0, n)
+        counter.run(plan)
         table = counter.table()
     order = np.argsort(-table, axis=1, kind="stable")
     top, second = order[:, 0], order[:, 1]

@@ -58,15 +58,18 @@ def test_radius_never_exceeds_distance_beyond_alpha(linear):
 def test_radius_is_tight_at_n_100k(linear):
     """n = 100,000, alpha = 0.001: the radius lies within 0.05 sigma below the distance for
     distances up to 2 sigma. The Clopper-Pearson gap there is at most ~0.03 sigma; exceeding 0.05
-    sigma needs a >5-standard-deviation draw (probability < 1e-6 per input)."""
+    sigma needs a >5-standard-deviation draw (probability < 1e-6 per input). Selection uses
+    n0 = 1,000: at 0.25 sigma, p_A = 0.599 and n0 = 100 picks the wrong class with probability
+    P(Bin(100, 0.599) <= 50) = 0.029, which would then abstain; with n0 = 1,000 that is < 1e-9."""
     dist = np.array([0.25, 0.75, 1.4, 2.0]) * SIGMA
     x = points_at_distance(W, B_BIAS, dist, seed=2)
     true_dist = exact_distance(W, B_BIAS, x)
-    cert = smooth_certify(linear, x, sigma=SIGMA, n0=100, n=100_000, alpha=0.001, seed=3)
+    assert binom.cdf(500, 1000, 0.5987) < 1e-9
+    cert = smooth_certify(linear, x, sigma=SIGMA, n0=1000, n=100_000, alpha=0.001, seed=3)
     assert (cert.prediction == 1).all()
     assert (cert.radius <= true_dist).all()
     assert (cert.radius >= true_dist - 0.05 * SIGMA).all(), cert.radius - true_dist
-    assert (cert.n_forward == 100_100).all()
+    assert (cert.n_forward == 101_000).all()
 
 
 def test_packing_does_not_change_certificates(trained_cnn, digits):
@@ -86,6 +89,20 @@ def test_packing_does_not_change_certificates(trained_cnn, digits):
         np.testing.assert_array_equal(got.seed, full.seed[rows])
     again = smooth_certify(trained_cnn, xb[[7, 123, 499]], seed=seeds[[7, 123, 499]], **{**kw, "batch_size": 1024})
     np.testing.assert_array_equal(again.p_lower, shard.p_lower)
+
+
+def test_packing_does_not_change_sequential_or_predict(linear):
+    """Sequential mode's stages and smooth_predict draw each input's rows wherever they are packed."""
+    x = points_at_distance(W, B_BIAS, np.linspace(-1.5, 1.5, 9) * SIGMA, seed=12)
+    seeds = np.arange(100, 109)
+    kw = {"sigma": SIGMA, "n0": 50, "n": 3000, "alpha": 0.01, "mode": "sequential", "target_radius": 0.5 * SIGMA}
+    full = smooth_certify(linear, x, seed=seeds, batch_size=256, **kw)
+    part = smooth_certify(linear, x[[4, 0]], seed=seeds[[4, 0]], batch_size=768, **kw)
+    np.testing.assert_array_equal(part.p_lower, full.p_lower[[4, 0]])
+    np.testing.assert_array_equal(part.n_used, full.n_used[[4, 0]])
+    pred = smooth_predict(linear, x, sigma=SIGMA, n=700, alpha=0.01, seed=seeds, batch_size=256)
+    one = smooth_predict(linear, x[6:7], sigma=SIGMA, n=700, alpha=0.01, seed=seeds[6:7], batch_size=512)
+    assert one[0] == pred[6]
 
 
 def test_seeds_change_noise(linear):
