@@ -4,6 +4,7 @@
 
 Prints, for the demo digits CNN (trained here at noise sigma for a few epochs):
 - the limit: the base model's raw forward throughput (rows/s) at its best batch size;
+- the counter-based noise generator alone (rows/s at that batch size), as a multiple of the limit;
 - smooth_certify (fixed mode, n samples per input): noisy forward passes per second, and its
   ratio to the limit;
 - a per-input baseline following Cohen et al.'s reference ``core.py`` (one input at a time,
@@ -27,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from certrisk.risk.certify import derive_seeds, smooth_certify
+from certrisk.risk.certify.noise import normal_rows
 from certrisk.risk.certify.smoothing import CANDIDATE_ROWS, measure_forward_rows
 from certrisk.risk.certify.stats import clopper_pearson_lower, smoothing_radius
 from certrisk.risk.models import digits_cnn, select_device, train_classifier
@@ -35,6 +37,23 @@ from certrisk.risk.models import digits_cnn, select_device, train_classifier
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+
+
+def noise_rows_per_second(dev: torch.device, rows: int, width: int, min_seconds: float = 0.5) -> float:
+    """Rows of noise per second that ``normal_rows`` computes for a chunk of ``rows`` rows, 64 streams."""
+    keys = torch.arange(rows, device=dev, dtype=torch.int64) // max(1, rows // 64)
+    idx = torch.arange(rows, device=dev, dtype=torch.int64)
+    out = torch.empty((rows, width), device=dev)
+    normal_rows(keys, idx, width, out=out)
+    _sync(dev)
+    reps, start = 0, time.perf_counter()
+    while True:
+        normal_rows(keys, idx + reps * rows, width, out=out)
+        reps += 1
+        _sync(dev)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and reps >= 2:
+            return rows * reps / elapsed
 
 
 def cohen_reference(model, x: torch.Tensor, *, sigma, n0, n, alpha, batch_size, num_classes):
@@ -93,6 +112,7 @@ def main() -> None:
     rates = measure_forward_rows(model, x, candidates=CANDIDATE_ROWS[dev.type], min_seconds=0.5)
     best_rows = max(rates, key=rates.get)
     limit = rates[best_rows]
+    noise_rate = noise_rows_per_second(dev, best_rows, int(x[0].numel()))
 
     # 2. smooth_certify, fixed mode (its own automatic batch size)
     smooth_certify(model, x[:2], sigma=args.sigma, n0=n0, n=2_000, alpha=alpha)  # warm-up and size measurement
@@ -144,10 +164,13 @@ def main() -> None:
     print()
     print(f"{'measure':58s} {'value':>14s} {'ratio':>8s}")
     print(f"{'limit: raw forward passes/s (best batch ' + str(best_rows) + ')':58s} {limit:14,.0f} {1.0:8.2f}")
+    print(f"{'counter-based noise alone, rows/s (same batch)':58s} {noise_rate:14,.0f} {noise_rate / limit:8.2f}  (of limit)")
     print(f"{'smooth_certify noisy forward passes/s (' + str(len(x)) + ' inputs, n=' + str(args.n) + ')':58s}"
           f" {ours:14,.0f} {ours / limit:8.2f}  (of limit)")
     print(f"{'Cohen et al. reference, per input, host counts':58s} {cohen:14,.0f} {ours / cohen:8.2f}  (speed-up)")
     print(f"{'smooth_certify, ' + str(len(xs)) + ' inputs, n=' + str(small_n):58s} {small_ours:14,.0f} {small_ours / limit:8.2f}  (of limit)")
+    real = int(small.n_forward.sum()) / small.extra["rows_forwarded"]
+    print(f"{'  of which real rows (the rest pads the last forward pass)':58s} {real:14.2%} {small_ours / limit / real:8.2f}  (of limit, per forwarded row)")
     print(f"{'Cohen et al. reference, same inputs, n=' + str(small_n):58s} {small_cohen:14,.0f} {small_ours / small_cohen:8.2f}  (speed-up)")
     if art_rate is not None:
         print(f"{'ART PyTorchRandomizedSmoothing.certify':58s} {art_rate:14,.0f} {ours / art_rate:8.2f}  (speed-up)")
