@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) bench/certify.py
 	$(PY) bench/signals.py
 	$(PY) bench/store.py
+	$(PY) bench/score.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf .certrisk .pytest_cache

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_SESSION_TMP = Path(tempfile.mkdtemp(prefix="certrisk-tests-"))
+# Idempotent: a test module that imports this file again (``from tests.conftest import ...``) must
+# not mint a second temporary home in the middle of the session.
+_SESSION_TMP = Path(os.environ.get("CERTRISK_TEST_SESSION_TMP") or tempfile.mkdtemp(prefix="certrisk-tests-"))
+os.environ["CERTRISK_TEST_SESSION_TMP"] = str(_SESSION_TMP)
 
 os.environ["CERTRISK_HOME"] = str(_SESSION_TMP / "home")
 os.environ.pop("CERTRISK_DB_URL", None)

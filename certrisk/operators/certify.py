@@ -55,6 +55,8 @@ class CertifyOperator(CertriskOperator):
     def run(self, context: Context) -> dict:
         lp = self.loaded_policy
         pol = lp.policy
+        if pol.certification.torch_threads:
+            torch.set_num_threads(pol.certification.torch_threads)
         shard = self.shard or {"index": 0, "start": 0, "stop": int(self.batch["n_samples"])}
         batch = read_staged_batch(lp, self.batch, start=shard["start"], stop=shard["stop"])
         loaded = load_model(pol.model, lp.model_path, device=self.device or pol.certification.device)

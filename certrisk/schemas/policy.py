@@ -118,6 +118,12 @@ class CertificationSpec(_Strict):
     queue: str = Field(default="default", description="Airflow queue of certify tasks (e.g. 'gpu').")
     pool: str | None = Field(default=None, description="Airflow pool capping concurrent certify tasks.")
     device: str | None = Field(default=None, description="torch device; None picks cuda when present.")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads per certify task (torch.set_num_threads); set it to cores / concurrent shards "
+        "so mapped shards on one CPU worker do not oversubscribe its cores. None keeps torch's default.",
+    )
 
     @property
     def smoothing(self) -> SmoothingSpec | None:

@@ -90,9 +90,10 @@ def test_critical_batch_fails_only_the_alert_after_the_record_landed(digits_runs
 
 
 def test_run_report_artifact_written(digits_runs):
-    from certrisk.schemas.settings import artifacts_root
+    from certrisk.operators.artifacts import run_root
 
     run = digits_runs["clean"]
-    found = list((artifacts_root() / "certrisk_digits").glob("*/report-compliance.html"))
-    assert found, "the report task wrote no compliance report"
-    assert any(p.stat().st_size > 10_000 for p in found)
+    report = run_root(None, run.dag_id, run.run_id) / "report-compliance.html"
+    assert report.exists(), "the report task wrote no compliance report for the clean run"
+    html = report.read_text()
+    assert len(html) > 10_000 and run.run_id in html

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,7 +108,7 @@ def test_hash_changes_with_content():
 def test_plan_shards_cover_in_order(n, size):
     shards = plan_shards(n, size)
     assert shards[0]["start"] == 0 and shards[-1]["stop"] == n
-    for a, b in zip(shards, shards[1:], strict=False):
+    for a, b in itertools.pairwise(shards):
         assert a["stop"] == b["start"]
     sizes = [s["stop"] - s["start"] for s in shards]
     assert max(sizes) - min(sizes) <= 1
