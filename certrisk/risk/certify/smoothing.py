@@ -51,10 +51,13 @@ from certrisk.risk.certify.stats import clopper_pearson_lower, clopper_pearson_u
 from certrisk.schemas.enums import Method, Norm
 from certrisk.schemas.errors import InputError
 
-#: Fewest rows whose noise is computed at once, by device type (a chunk is the forward size
-#: rounded up to a multiple of it). Not part of the reproducibility contract: the noise of a row
-#: does not depend on the chunk it lands in.
-MIN_CHUNK_ROWS = {"cpu": 256, "cuda": 8192}
+#: Fewest rows whose noise is computed at once, by device type (a chunk is this rounded up to a
+#: multiple of the forward size), so that the generator's dozen kernel calls are amortised over
+#: many rows; capped at ``CHUNK_ELEMENTS`` noise elements. Not part of the reproducibility
+#: contract: the noise of a row does not depend on the chunk it lands in, and the last chunk is
+#: padded only to a whole forward slice.
+MIN_CHUNK_ROWS = {"cpu": 4096, "cuda": 8192}
+CHUNK_ELEMENTS = 1 << 24
 #: Candidate forward-pass sizes measured when ``batch_size`` is None.
 CANDIDATE_ROWS = {"cpu": (256, 512, 1024, 2048, 4096), "cuda": (2048, 8192, 32768, 65536, 131072, 262144)}
 #: First stage of sequential mode (noise samples per input); each later stage doubles it.
@@ -64,8 +67,10 @@ _SELECTION, _ESTIMATION = 1, 2
 _best_rows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _min_chunk_rows(dev: torch.device) -> int:
-    return MIN_CHUNK_ROWS.get(dev.type, MIN_CHUNK_ROWS["cpu"])
+def _chunk_rows(dev: torch.device, forward_rows: int, width: int) -> int:
+    """Rows per chunk: a multiple of ``forward_rows``, at least MIN_CHUNK_ROWS within CHUNK_ELEMENTS."""
+    want = max(1, min(MIN_CHUNK_ROWS.get(dev.type, MIN_CHUNK_ROWS["cpu"]), CHUNK_ELEMENTS // width))
+    return -(-max(forward_rows, want) // forward_rows) * forward_rows
 
 
 def _sync(dev: torch.device) -> None:
@@ -160,10 +165,10 @@ class _NoisyCounter:
         self.sigma = float(sigma)
         self.dev = x.device
         self.forward_rows = int(forward_rows)
-        self.chunk_rows = -(-max(self.forward_rows, _min_chunk_rows(self.dev)) // self.forward_rows) * self.forward_rows
+        self.width = int(np.prod(x.shape[1:]))
+        self.chunk_rows = _chunk_rows(self.dev, self.forward_rows, self.width)
         self.n_slots = n_slots
         self.trash = n_slots  # padded rows are counted here and ignored
-        self.width = int(np.prod(x.shape[1:]))
         self.noise = torch.empty((self.chunk_rows, *x.shape[1:]), device=self.dev, dtype=x.dtype)
         self.ones = torch.ones(self.chunk_rows, dtype=torch.int64, device=self.dev)
         self.counts: torch.Tensor | None = None
