@@ -4,7 +4,8 @@ Randomized smoothing needs each input's noise to be the same whatever else share
 passes. A stateful generator per input gets that only by drawing every input's noise with its own
 kernel launches; a counter-based generator (Salmon et al. 2011, "Parallel random numbers: as easy
 as 1, 2, 3") computes any element from its coordinates, so a chunk that packs rows of many inputs
-is filled by the same dozen elementwise kernels whether it holds one input or thousands.
+is filled by the same ~30 elementwise kernels whether it holds one input or thousands (on an
+H100, 164M rows/s of 64-element noise, 9 times the demo CNN's forward rate).
 
 The generator
 -------------

@@ -11,7 +11,7 @@ input's own seed (``batch.stream_seed``). Row r of a stream is noise computed fr
 alone by the counter-based generator of ``certrisk.risk.certify.noise`` (splitmix64 words,
 Box-Muller), so an input sees the same noise whether it is certified alone, in a shard of 3 or in
 a batch of 500, and however its rows fall into chunks. The rows of many inputs' streams are
-packed back to back into fixed-size chunks; each chunk's noise is computed at once (a dozen
+packed back to back into fixed-size chunks; each chunk's noise is computed at once (~30
 elementwise kernels however many inputs it holds), the chunk is forwarded in slices of
 ``batch_size`` rows (the last chunk is padded to a whole slice, so every forward pass has the
 same number of rows), and the predictions are counted per (input, stream, class) with one
@@ -22,7 +22,9 @@ one chunk of noisy copies exists at a time.
 
 The noise is the same integer bits on every device; CPU and CUDA round the Box-Muller floats
 differently (a few ulps), and their convolution kernels differ too, so certificates computed on
-the two devices can differ where a noisy copy sits on a decision boundary.
+the two devices can differ where a noisy copy sits on a decision boundary. Certificates made
+before this generator (certrisk drew noise with one ``torch.Generator`` per stream until then) do
+not reproduce bitwise under the same seeds; they agree in distribution.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from certrisk.schemas.enums import Method, Norm
 from certrisk.schemas.errors import InputError
 
 #: Fewest rows whose noise is computed at once, by device type (a chunk is this rounded up to a
-#: multiple of the forward size), so that the generator's dozen kernel calls are amortised over
+#: multiple of the forward size), so that the generator's ~30 kernel calls are amortised over
 #: many rows; capped at ``CHUNK_ELEMENTS`` noise elements. Not part of the reproducibility
 #: contract: the noise of a row does not depend on the chunk it lands in, and the last chunk is
 #: padded only to a whole forward slice.
