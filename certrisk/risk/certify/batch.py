@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
+from certrisk.risk.certify.inputs import as_batch, device_name, dtype_name, model_dtype, place
+from certrisk.risk.certify.network import sequential_layers
 from certrisk.risk.certify.norms import translate_radius
 from certrisk.schemas.columns import CERTIFICATE_COLUMNS, SAMPLE_ID, conform
 from certrisk.schemas.enums import Method, Norm
@@ -146,3 +150,73 @@ class CertificateBatch:
             }
         )
         return conform(frame, CERTIFICATE_COLUMNS, table="certificates")
+
+
+@dataclass(frozen=True)
+class DeterministicRun:
+    """A deterministic certifier's inputs, placed and checked, with its clock and peak counter started.
+
+    ``layers`` are the model's supported layers in order; ``x`` is of shape (B, *input_shape) on
+    ``device`` in the model's dtype; ``seeds`` (B,) are recorded only (nothing is random).
+    """
+
+    model: object
+    device: object
+    layers: list
+    dtype: object
+    x: object
+    seeds: np.ndarray
+    start: float
+
+    @classmethod
+    def begin(cls, model, x, *, seed, device, what: str) -> DeterministicRun:
+        sequential_layers(model, what)  # name an unsupported layer before moving anything
+        model, dev = place(model, device)
+        layers = sequential_layers(model, what)
+        dtype = model_dtype(model)
+        xt = as_batch(x, what=what, device=dev, dtype=dtype)
+        seeds = resolve_seeds(seed, xt.shape[0])
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        return cls(model, dev, layers, dtype, xt, seeds, time.perf_counter())
+
+    def finish(
+        self,
+        *,
+        method: Method,
+        norm: Norm,
+        y: np.ndarray,
+        ok: np.ndarray,
+        radius: np.ndarray,
+        n_forward: np.ndarray,
+        cpu_peak: tuple[int, str],
+        **scalars,
+    ) -> CertificateBatch:
+        """The CertificateBatch of a deterministic method: abstained where not ``ok``, alpha 0,
+        p_lower NaN; peak memory measured on CUDA, else the method's own estimate ``cpu_peak``."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = (int(torch.cuda.max_memory_allocated(self.device)), "measured (torch.cuda.max_memory_allocated)")
+        else:
+            peak = cpu_peak
+        b = len(ok)
+        return CertificateBatch(
+            method=method,
+            norm=norm,
+            prediction=np.where(ok, y, -1).astype(np.int64),
+            abstained=~ok,
+            radius=np.where(ok, radius, 0.0).astype(np.float64),
+            p_lower=np.full(b, np.nan),
+            n_used=np.zeros(b, dtype=np.int64),
+            n_forward=np.asarray(n_forward, dtype=np.int64),
+            seed=self.seeds,
+            alpha=0.0,
+            seconds=time.perf_counter() - self.start,
+            peak_bytes=peak[0],
+            peak_bytes_kind=peak[1],
+            device=device_name(self.device),
+            dtype=dtype_name(self.dtype),
+            dim=int(np.prod(self.x.shape[1:])),
+            **scalars,
+        )

@@ -10,15 +10,13 @@ weights are the model's; float64 rounding error is far below the float32 model's
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certrisk.risk.certify.batch import CertificateBatch, resolve_seeds
-from certrisk.risk.certify.inputs import as_batch, check_positive, device_name, dtype_name, model_dtype, place
+from certrisk.risk.certify.batch import CertificateBatch, DeterministicRun
+from certrisk.risk.certify.inputs import as_batch, check_positive, place
 from certrisk.risk.certify.network import sequential_layers, split_last_linear
 from certrisk.risk.certify.norms import as_norm
 from certrisk.risk.certify.stats import round_down
@@ -208,17 +206,9 @@ def ibp_certify(model, x, eps: float | None = None, norm: Norm | str = "linf", *
         raise InputError(f"{what}: norm must be 'linf' or 'l2', got {nrm.value!r}")
     if eps is not None:
         check_positive(eps, "eps", what)
-    sequential_layers(model, what)
-    model, dev = place(model, device)
-    layers = sequential_layers(model, what)
-    dtype = model_dtype(model)
-    xt = as_batch(x, what=what, device=dev, dtype=dtype)
+    run = DeterministicRun.begin(model, x, seed=seed, device=device, what=what)
+    model, dev, layers, xt = run.model, run.device, run.layers, run.x
     b = xt.shape[0]
-    seeds = resolve_seeds(seed, b)
-    start = time.perf_counter()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
     with torch.inference_mode():
         y = model(xt).argmax(1)
         x64 = xt.double()
@@ -230,25 +220,14 @@ def ibp_certify(model, x, eps: float | None = None, norm: Norm | str = "linf", *
         else:
             radius, spent = _search(layers, x64, y, nrm)
             ok = radius > 0
-    peak, kind = _peak(dev, x64, layers)
-    seconds = time.perf_counter() - start
-    return CertificateBatch(
+    return run.finish(
         method=Method.IBP,
         norm=nrm,
-        prediction=np.where(ok, y.cpu().numpy(), -1).astype(np.int64),
-        abstained=~ok,
-        radius=np.where(ok, radius, 0.0).astype(np.float64),
-        p_lower=np.full(b, np.nan),
-        n_used=np.zeros(b, dtype=np.int64),
+        y=y.cpu().numpy(),
+        ok=ok,
+        radius=radius,
         n_forward=spent + 1,
-        seed=seeds,
-        alpha=0.0,
-        seconds=seconds,
-        peak_bytes=peak,
-        peak_bytes_kind=kind,
-        device=device_name(dev),
-        dtype=dtype_name(dtype),
-        dim=int(np.prod(xt.shape[1:])),
+        cpu_peak=_cpu_peak(x64, layers),
         eps=float(eps) if eps is not None else float("nan"),
         extra={"search_rtol": SEARCH_RTOL} if eps is None else {},
     )
@@ -281,10 +260,8 @@ def _search(layers, x64: torch.Tensor, y: torch.Tensor, norm: Norm) -> tuple[np.
     return round_down(lo), spent
 
 
-def _peak(dev: torch.device, x64: torch.Tensor, layers) -> tuple[int, str]:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        return int(torch.cuda.max_memory_allocated(dev)), "measured (torch.cuda.max_memory_allocated)"
+def _cpu_peak(x64: torch.Tensor, layers) -> tuple[int, str]:
+    dev = x64.device
     params = sum(p.numel() for layer in layers for p in layer.parameters()) * 8
     state = _State(x64[:1], torch.zeros_like(x64[:1]), torch.zeros(1, dtype=torch.float64, device=dev))
     largest = state.centre.numel()

@@ -29,15 +29,13 @@ import json
 import math
 import os
 import tempfile
-import time
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from certrisk.risk.certify.batch import CertificateBatch, resolve_seeds
-from certrisk.risk.certify.inputs import as_batch, device_name, dtype_name, model_dtype, place
+from certrisk.risk.certify.batch import CertificateBatch, DeterministicRun
 from certrisk.risk.certify.network import sequential_layers, split_last_linear
 from certrisk.risk.certify.stats import round_down
 from certrisk.schemas.enums import Method, Norm
@@ -196,17 +194,9 @@ def lipschitz_certify(model, x, *, seed=0, device=None) -> CertificateBatch:
     with no positive margin abstain.
     """
     what = "lipschitz_certify"
-    sequential_layers(model, what)
-    model, dev = place(model, device)
-    layers = sequential_layers(model, what)
-    dtype = model_dtype(model)
-    xt = as_batch(x, what=what, device=dev, dtype=dtype)
+    run = DeterministicRun.begin(model, x, seed=seed, device=device, what=what)
+    model, dev, layers, xt = run.model, run.device, run.layers, run.x
     bsz = xt.shape[0]
-    seeds = resolve_seeds(seed, bsz)
-    start = time.perf_counter()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
     consts = layer_constants(model)
     body, last = split_last_linear(layers)
     with torch.inference_mode():
@@ -230,30 +220,15 @@ def lipschitz_certify(model, x, *, seed=0, device=None) -> CertificateBatch:
         ratio = ratio.scatter(1, y[:, None], float("inf"))
         radius = round_down(ratio.min(dim=1).values.cpu().numpy())
     ok = np.isfinite(radius) & (radius > 0)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        peak, kind = int(torch.cuda.max_memory_allocated(dev)), "measured (torch.cuda.max_memory_allocated)"
-    else:
-        params = sum(p.numel() for layer in layers for p in layer.parameters()) * 8
-        peak, kind = int(params + 3 * width * bsz * 8), "estimate (3 float64 activations of the widest layer + weights)"
-    seconds = time.perf_counter() - start
-    return CertificateBatch(
+    params = sum(p.numel() for layer in layers for p in layer.parameters()) * 8
+    return run.finish(
         method=Method.LIPSCHITZ,
         norm=Norm.L2,
-        prediction=np.where(ok, y.cpu().numpy(), -1).astype(np.int64),
-        abstained=~ok,
-        radius=np.where(ok, radius, 0.0).astype(np.float64),
-        p_lower=np.full(bsz, np.nan),
-        n_used=np.zeros(bsz, dtype=np.int64),
+        y=y.cpu().numpy(),
+        ok=ok,
+        radius=radius,
         n_forward=np.ones(bsz, dtype=np.int64),
-        seed=seeds,
-        alpha=0.0,
-        seconds=seconds,
-        peak_bytes=peak,
-        peak_bytes_kind=kind,
-        device=device_name(dev),
-        dtype=dtype_name(dtype),
-        dim=int(np.prod(xt.shape[1:])),
+        cpu_peak=(int(params + 3 * width * bsz * 8), "estimate (3 float64 activations of the widest layer + weights)"),
         extra={"lipschitz_constant": _product(consts)},
     )
 
