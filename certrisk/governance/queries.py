@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from certrisk.schemas.columns import FACTORS
 from certrisk.schemas.enums import Tier
-from certrisk.schemas.errors import InputError, StoreError
+from certrisk.schemas.errors import InputError, RunNotFoundError
 from certrisk.schemas.rmf import catalog
 
 RUN_COLUMNS = (
@@ -135,7 +135,12 @@ def list_runs(
     return frame
 
 
-def _resolve_run(conn, run_id: str, dag_id: str | None, revision: int | None) -> int:
+def find_run(conn, run_id: str, dag_id: str | None = None, revision: int | None = None, *, columns=("run_pk", "dag_id")):
+    """The v_run_summary row of a run: its current revision unless ``revision`` is given.
+
+    Raises RunNotFoundError when nothing matches, InputError when the run id is recorded by
+    several DAGs and no ``dag_id`` tells them apart.
+    """
     where = ["run_id = :run_id"]
     params: dict = {"run_id": run_id}
     if dag_id is not None:
@@ -146,14 +151,17 @@ def _resolve_run(conn, run_id: str, dag_id: str | None, revision: int | None) ->
     else:
         where.append("revision = :revision")
         params["revision"] = int(revision)
-    found = conn.execute(
-        sa.text(f"SELECT run_pk, dag_id FROM v_run_summary WHERE {' AND '.join(where)}"), params
-    ).all()
+    sql = f"SELECT {', '.join(dict.fromkeys(('dag_id', *columns)))} FROM v_run_summary WHERE {' AND '.join(where)}"
+    found = conn.execute(sa.text(sql), params).mappings().all()
     if not found:
-        raise StoreError(f"no recorded run with run_id {run_id!r}" + (f" in dag {dag_id!r}" if dag_id else ""))
+        raise RunNotFoundError(f"no recorded run with run_id {run_id!r}" + (f" in DAG {dag_id!r}" if dag_id else ""))
     if len(found) > 1:
-        raise InputError(f"run_id {run_id!r} is recorded by several DAGs {sorted(r.dag_id for r in found)}; pass dag_id")
-    return found[0].run_pk
+        raise InputError(f"run_id {run_id!r} is recorded by several DAGs {sorted(r['dag_id'] for r in found)}; pass dag_id")
+    return found[0]
+
+
+def _resolve_run(conn, run_id: str, dag_id: str | None, revision: int | None) -> int:
+    return find_run(conn, run_id, dag_id, revision)["run_pk"]
 
 
 def samples(

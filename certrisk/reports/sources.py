@@ -24,15 +24,11 @@ import sqlalchemy as sa
 from certrisk.governance import queries
 from certrisk.governance.store import GovernanceStore
 from certrisk.schemas.enums import Edition, Tier
-from certrisk.schemas.errors import InputError, StoreError
+from certrisk.schemas.errors import InputError, RunNotFoundError, StoreError
 
 #: Columns of v_run_summary a report reads (all of them compliance-visible).
 RUN_VIEW_COLUMNS = (*queries.RUN_COLUMNS, "tier_counts", "reference_abstention_rate", "abstention_p_value")
 EVIDENCE_COLUMNS = ("subcategory_id", "evidence_kind", "detail")
-
-
-class RunNotFoundError(StoreError):
-    """No recorded run matches the run id (and DAG id) a report asked for."""
 
 
 @dataclass(frozen=True)
@@ -124,24 +120,10 @@ class ComplianceSource:
 
     # ---------------------------------------------------------------- runs
     def find_run(self, conn, run_id: str, dag_id: str | None = None, revision: int | None = None) -> dict:
-        where, params = ["run_id = :run_id"], {"run_id": run_id}
-        if dag_id is not None:
-            where.append("dag_id = :dag_id")
-            params["dag_id"] = dag_id
-        if revision is None:
-            where.append("is_current = 1")
-        else:
-            where.append("revision = :revision")
-            params["revision"] = int(revision)
-        sql = f"SELECT run_pk, {', '.join(RUN_VIEW_COLUMNS)} FROM v_run_summary WHERE {' AND '.join(where)}"
-        rows = conn.execute(sa.text(sql), params).mappings().all()
-        if not rows:
-            where_dag = f" in DAG {dag_id!r}" if dag_id else ""
-            raise RunNotFoundError(f"no recorded run with run_id {run_id!r}{where_dag} in {self.store.masked_url}")
-        if len(rows) > 1:
-            dags = sorted({r["dag_id"] for r in rows})
-            raise InputError(f"run_id {run_id!r} is recorded by several DAGs {dags}; pass dag_id")
-        run = dict(rows[0])
+        try:
+            run = dict(queries.find_run(conn, run_id, dag_id, revision, columns=("run_pk", *RUN_VIEW_COLUMNS)))
+        except RunNotFoundError as exc:
+            raise RunNotFoundError(f"{exc} in {self.store.masked_url}") from None
         run["reasons"] = _json(run["reasons"]) or []
         run["tier_counts"] = _json(run["tier_counts"]) or {}
         run["limitations"] = run["limitations"] or ""

@@ -34,6 +34,10 @@ class StoreUnavailableError(StoreError):
     retryable = True
 
 
+class RunNotFoundError(StoreError):
+    """No recorded run matches the run id (and DAG id, revision) asked for."""
+
+
 class RecordConflictError(StoreError):
     """A run with the same (dag_id, run_id) was recorded with a different payload."""
 
