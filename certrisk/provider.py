@@ -1,6 +1,6 @@
 """Airflow provider metadata (entry point group ``apache_airflow_provider``).
 
-The connection form's metadata (field labels, placeholders, extra fields) is declared here, as
+The connection form's metadata (field labels, hint texts, extra fields) is declared here, as
 Airflow 3.2+ expects (``ui-field-behaviour`` and ``conn-fields``): the hook-method route
 (``get_ui_field_behaviour``) is deprecated and ignored when wtforms is not installed, which is
 the default for Airflow 3 without the FAB provider, so the form would show no labels at all.
