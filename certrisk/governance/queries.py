@@ -99,18 +99,10 @@ def list_runs(
     where, params = [], {}
     if not include_superseded:
         where.append("is_current = 1")
-    if model is not None:
-        where.append("model = :model")
-        params["model"] = model
+    _model_and_dates(conn, where, params, model=model, since=since, until=until)
     if dag_id is not None:
         where.append("dag_id = :dag_id")
         params["dag_id"] = dag_id
-    if since is not None:
-        where.append("created_at >= :since")
-        params["since"] = _bind_dt(conn, _utc_param(since, "since"))
-    if until is not None:
-        where.append("created_at < :until")
-        params["until"] = _bind_dt(conn, _utc_param(until, "until"))
     if tier is not None:
         where.append("tier = :tier")
         params["tier"] = _tier(tier)
@@ -133,6 +125,19 @@ def list_runs(
     frame["is_current"] = frame["is_current"].astype(bool)
     frame["reasons"] = [_json(v) for v in frame["reasons"]]
     return frame
+
+
+def _model_and_dates(conn, where: list, params: dict, *, model=None, since=None, until=None) -> None:
+    """Add the filters shared by run and export queries: model name, created_at in [since, until)."""
+    if model is not None:
+        where.append("model = :model")
+        params["model"] = model
+    if since is not None:
+        where.append("created_at >= :since")
+        params["since"] = _bind_dt(conn, _utc_param(since, "since"))
+    if until is not None:
+        where.append("created_at < :until")
+        params["until"] = _bind_dt(conn, _utc_param(until, "until"))
 
 
 def find_run(conn, run_id: str, dag_id: str | None = None, revision: int | None = None, *, columns=("run_pk", "dag_id")):
@@ -298,15 +303,7 @@ def rmf_coverage(conn, *, model: str | None = None) -> pd.DataFrame:
 def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> int:
     """Stream every current run's samples (EXPORT_COLUMNS; lists joined by ';') to CSV at ``path``."""
     where, params = ["is_current = 1"], {}
-    if model is not None:
-        where.append("model = :model")
-        params["model"] = model
-    if since is not None:
-        where.append("created_at >= :since")
-        params["since"] = _bind_dt(conn, _utc_param(since, "since"))
-    if until is not None:
-        where.append("created_at < :until")
-        params["until"] = _bind_dt(conn, _utc_param(until, "until"))
+    _model_and_dates(conn, where, params, model=model, since=since, until=until)
     sql = (
         f"SELECT {', '.join(EXPORT_COLUMNS)} FROM v_sample_risk WHERE {' AND '.join(where)} "
         "ORDER BY created_at, dag_id, run_id, row_no"

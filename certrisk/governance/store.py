@@ -377,29 +377,18 @@ class GovernanceStore:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
         head = conn.execute(sa.select(_AUDIT.c.seq, _AUDIT.c.entry_hash).order_by(_AUDIT.c.seq.desc()).limit(1)).first()
         seq, prev = (head.seq + 1, head.entry_hash) if head is not None else (1, GENESIS)
-        digest = entry_hash(
-            prev_hash=prev,
-            seq=seq,
-            dag_id=dag_id,
-            run_id=run_id,
-            revision=revision,
-            manifest_digest=p.manifest_digest,
-            manifest=p.manifest,
-            recorded_at=now,
-        )
+        entry = {
+            "prev_hash": prev,
+            "seq": seq,
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "revision": revision,
+            "manifest_digest": p.manifest_digest,
+            "manifest": p.manifest,
+            "recorded_at": now,
+        }
         conn.execute(
-            _AUDIT.insert().values(
-                seq=seq,
-                run_pk=run_pk,
-                dag_id=dag_id,
-                run_id=run_id,
-                revision=revision,
-                manifest_digest=p.manifest_digest,
-                manifest=p.manifest,
-                recorded_at=now,
-                prev_hash=prev,
-                entry_hash=digest,
-            )
+            _AUDIT.insert().values(**entry, run_pk=run_pk, entry_hash=entry_hash(**entry))
         )
 
     # ------------------------------------------------------------------ read
