@@ -88,7 +88,9 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=16, help="inputs certified by smooth_certify")
     ap.add_argument("--n", type=int, default=100_000, help="estimation samples per input (fixed mode)")
     ap.add_argument("--sigma", type=float, default=0.25)
-    ap.add_argument("--baseline-inputs", type=int, default=2, help="inputs certified by each per-input baseline")
+    ap.add_argument(
+        "--baseline-inputs", type=int, default=2, help="inputs certified by each per-input baseline"
+    )
     ap.add_argument("--small-n", type=int, default=1_000, help="estimation samples of the small-n comparison")
     ap.add_argument("--small-inputs", type=int, default=256, help="inputs of the small-n comparison")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -102,9 +104,13 @@ def main() -> None:
     x_all = (data.images / 16.0).astype(np.float32)[:, None]
     y_all = data.target.astype(np.int64)
     t0 = time.perf_counter()
-    model = train_classifier(digits_cnn(), x_all[:1200], y_all[:1200], noise_sigma=args.sigma, epochs=8, device=dev)
-    print(f"# device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}),"
-          f" torch {torch.__version__}; demo CNN trained in {time.perf_counter() - t0:.1f} s at sigma {args.sigma}")
+    model = train_classifier(
+        digits_cnn(), x_all[:1200], y_all[:1200], noise_sigma=args.sigma, epochs=8, device=dev
+    )
+    print(
+        f"# device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}),"
+        f" torch {torch.__version__}; demo CNN trained in {time.perf_counter() - t0:.1f} s at sigma {args.sigma}"
+    )
     x = torch.as_tensor(x_all[1200 : 1200 + args.inputs], device=dev)
     n0, alpha = 100, 0.001
 
@@ -117,7 +123,9 @@ def main() -> None:
     noise_rate = noise_rows_per_second(dev, best_rows, int(x[0].numel()))
 
     # 2. smooth_certify, fixed mode (its own automatic batch size)
-    smooth_certify(model, x[:2], sigma=args.sigma, n0=n0, n=2_000, alpha=alpha)  # warm-up and size measurement
+    smooth_certify(
+        model, x[:2], sigma=args.sigma, n0=n0, n=2_000, alpha=alpha
+    )  # warm-up and size measurement
     seeds = derive_seeds("bench", [str(i) for i in range(len(x))], "smoothing")
     fixed = smooth_certify(model, x, sigma=args.sigma, n0=n0, n=args.n, alpha=alpha, seed=seeds)
     passes = int(fixed.n_forward.sum())
@@ -127,7 +135,9 @@ def main() -> None:
     xb = x[: args.baseline_inputs]
     _sync(dev)
     t = time.perf_counter()
-    cohen_reference(model, xb, sigma=args.sigma, n0=n0, n=args.n, alpha=alpha, batch_size=best_rows, num_classes=10)
+    cohen_reference(
+        model, xb, sigma=args.sigma, n0=n0, n=args.n, alpha=alpha, batch_size=best_rows, num_classes=10
+    )
     _sync(dev)
     cohen = len(xb) * (n0 + args.n) / (time.perf_counter() - t)
     art_rate = None
@@ -135,8 +145,14 @@ def main() -> None:
         from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
 
         art = PyTorchRandomizedSmoothing(
-            model, torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10, sample_size=n0,
-            scale=args.sigma, alpha=alpha, device_type="gpu" if dev.type == "cuda" else "cpu",
+            model,
+            torch.nn.CrossEntropyLoss(),
+            input_shape=(1, 8, 8),
+            nb_classes=10,
+            sample_size=n0,
+            scale=args.sigma,
+            alpha=alpha,
+            device_type="gpu" if dev.type == "cuda" else "cpu",
         )
         xn = xb.cpu().numpy()
         t = time.perf_counter()
@@ -152,16 +168,29 @@ def main() -> None:
     small_ours = int(small.n_forward.sum()) / small.seconds
     _sync(dev)
     t = time.perf_counter()
-    cohen_reference(model, xs, sigma=args.sigma, n0=n0, n=small_n, alpha=alpha, batch_size=best_rows, num_classes=10)
+    cohen_reference(
+        model, xs, sigma=args.sigma, n0=n0, n=small_n, alpha=alpha, batch_size=best_rows, num_classes=10
+    )
     _sync(dev)
     small_cohen = len(xs) * (n0 + small_n) / (time.perf_counter() - t)
 
     # 4. sequential vs fixed, target at the median fixed-mode radius
     target = float(np.median(fixed.radius))
-    seq = smooth_certify(
-        model, x, sigma=args.sigma, n0=n0, n=args.n, alpha=alpha, seed=seeds, mode="sequential",
-        target_radius=target if target > 0 else None,
-    ) if target > 0 else None
+    seq = (
+        smooth_certify(
+            model,
+            x,
+            sigma=args.sigma,
+            n0=n0,
+            n=args.n,
+            alpha=alpha,
+            seed=seeds,
+            mode="sequential",
+            target_radius=target if target > 0 else None,
+        )
+        if target > 0
+        else None
+    )
 
     rates_after = measure_forward_rows(model, x, candidates=CANDIDATE_ROWS[dev.type], min_seconds=0.5)
     for rows, rate in rates_after.items():
@@ -171,17 +200,33 @@ def main() -> None:
 
     print()
     print(f"{'measure':58s} {'value':>14s} {'ratio':>8s}")
-    print(f"{'limit: raw forward passes/s (best batch ' + str(best_rows) + ')':58s} {limit:14,.0f} {1.0:8.2f}")
-    print(f"{'counter-based noise alone, rows/s (same batch)':58s} {noise_rate:14,.0f} {noise_rate / limit:8.2f}  (of limit)")
-    print(f"{'smooth_certify noisy forward passes/s (' + str(len(x)) + ' inputs, n=' + str(args.n) + ')':58s}"
-          f" {ours:14,.0f} {ours / limit:8.2f}  (of limit)")
-    print(f"{'Cohen et al. reference, per input, host counts':58s} {cohen:14,.0f} {ours / cohen:8.2f}  (speed-up)")
-    print(f"{'smooth_certify, ' + str(len(xs)) + ' inputs, n=' + str(small_n):58s} {small_ours:14,.0f} {small_ours / limit:8.2f}  (of limit)")
+    print(
+        f"{'limit: raw forward passes/s (best batch ' + str(best_rows) + ')':58s} {limit:14,.0f} {1.0:8.2f}"
+    )
+    print(
+        f"{'counter-based noise alone, rows/s (same batch)':58s} {noise_rate:14,.0f} {noise_rate / limit:8.2f}  (of limit)"
+    )
+    print(
+        f"{'smooth_certify noisy forward passes/s (' + str(len(x)) + ' inputs, n=' + str(args.n) + ')':58s}"
+        f" {ours:14,.0f} {ours / limit:8.2f}  (of limit)"
+    )
+    print(
+        f"{'Cohen et al. reference, per input, host counts':58s} {cohen:14,.0f} {ours / cohen:8.2f}  (speed-up)"
+    )
+    print(
+        f"{'smooth_certify, ' + str(len(xs)) + ' inputs, n=' + str(small_n):58s} {small_ours:14,.0f} {small_ours / limit:8.2f}  (of limit)"
+    )
     real = int(small.n_forward.sum()) / small.extra["rows_forwarded"]
-    print(f"{'  of which real rows (the rest pads the last forward pass)':58s} {real:14.2%} {small_ours / limit / real:8.2f}  (of limit, per forwarded row)")
-    print(f"{'Cohen et al. reference, same inputs, n=' + str(small_n):58s} {small_cohen:14,.0f} {small_ours / small_cohen:8.2f}  (speed-up)")
+    print(
+        f"{'  of which real rows (the rest pads the last forward pass)':58s} {real:14.2%} {small_ours / limit / real:8.2f}  (of limit, per forwarded row)"
+    )
+    print(
+        f"{'Cohen et al. reference, same inputs, n=' + str(small_n):58s} {small_cohen:14,.0f} {small_ours / small_cohen:8.2f}  (speed-up)"
+    )
     if art_rate is not None:
-        print(f"{'ART PyTorchRandomizedSmoothing.certify':58s} {art_rate:14,.0f} {ours / art_rate:8.2f}  (speed-up)")
+        print(
+            f"{'ART PyTorchRandomizedSmoothing.certify':58s} {art_rate:14,.0f} {ours / art_rate:8.2f}  (speed-up)"
+        )
     else:
         print(f"{'ART PyTorchRandomizedSmoothing.certify':58s} {'not installed':>14s}")
     if seq is not None:
@@ -192,8 +237,10 @@ def main() -> None:
         print(f"{'sequential vs fixed: same decision on radius >= target':58s} {agree:14.2%}")
     else:
         print("sequential: median fixed radius is 0 (most inputs abstain); nothing to target")
-    print(f"# smooth_certify forward size {fixed.extra['forward_rows']}, peak {fixed.peak_bytes / 2**20:.1f} MiB "
-          f"({fixed.peak_bytes_kind}); abstained {int(fixed.abstained.sum())}/{len(x)}")
+    print(
+        f"# smooth_certify forward size {fixed.extra['forward_rows']}, peak {fixed.peak_bytes / 2**20:.1f} MiB "
+        f"({fixed.peak_bytes_kind}); abstained {int(fixed.abstained.sum())}/{len(x)}"
+    )
 
 
 if __name__ == "__main__":

@@ -69,8 +69,9 @@ def measure(svc: AirflowCluster, k: int, batch: Path, artifacts: Path, timeout: 
     dag_id = f"certrisk_scale_{k}"
     status, body = svc.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     assert status == 200, body
-    status, body = svc.request("POST", f"/api/v2/dags/{dag_id}/dagRuns",
-                           {"logical_date": None, "conf": {"batch_uri": str(batch)}})
+    status, body = svc.request(
+        "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": {"batch_uri": str(batch)}}
+    )
     assert status == 200, body
     run_id = body["dag_run_id"]
 
@@ -85,10 +86,14 @@ def measure(svc: AirflowCluster, k: int, batch: Path, artifacts: Path, timeout: 
     certify = sorted((t for t in tis if t["task_id"] == "certify"), key=lambda t: t["map_index"])
     plan = next(t for t in tis if t["task_id"] == "plan_shards")
     assert len(certify) == k, f"{dag_id}: {len(certify)} mapped certify tasks, expected {k}"
-    run_dir = artifacts / dag_id / re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id)  # as certrisk.operators.artifacts
+    run_dir = (
+        artifacts / dag_id / re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id)
+    )  # as certrisk.operators.artifacts
     compute = []
     for t in certify:
-        shard = pd.read_parquet(run_dir / "certificates" / f"shard-{t['map_index']:05d}.parquet", columns=["seconds"])
+        shard = pd.read_parquet(
+            run_dir / "certificates" / f"shard-{t['map_index']:05d}.parquet", columns=["seconds"]
+        )
         compute.append(float(shard["seconds"].sum()))
     starts = [_ts(t["start_date"]) for t in certify]
     ends = [_ts(t["end_date"]) for t in certify]
@@ -116,7 +121,6 @@ def main() -> None:
     if min(args.samples // k for k in args.shards) < 64:
         raise SystemExit("each shard needs >= 64 samples (the planner's minimum): raise --samples")
 
-
     work = Path(tempfile.mkdtemp(prefix="certrisk-scale-"))
     home, af_home, dags = work / "home", work / "airflow", work / "dags"
     for d in (home, af_home, dags):
@@ -135,7 +139,11 @@ def main() -> None:
     meta_db = f"certrisk_bench_{uuid.uuid4().hex[:10]}"
     port = free_port()
     env = local_executor_env(
-        home=af_home, port=port, metadata_url=create_db(meta_db), dags_folder=dags, parallelism=args.parallelism,
+        home=af_home,
+        port=port,
+        metadata_url=create_db(meta_db),
+        dags_folder=dags,
+        parallelism=args.parallelism,
         extra={"CERTRISK_HOME": str(home), "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"},
     )
     svc = AirflowCluster(af_home, env, port)
@@ -158,17 +166,35 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     base = rows[0]["samples_per_s"]
-    print(f"certrisk scale bench: {args.samples} digits samples, randomized smoothing n=2000, LocalExecutor "
-          f"(parallelism {args.parallelism}), {os.cpu_count()} CPU cores, PostgreSQL metadata DB")
-    header = ("shards", "certify wall s", "samples/s", "vs 1 shard", "compute s", "overhead/task s", "queue delay s")
+    print(
+        f"certrisk scale bench: {args.samples} digits samples, randomized smoothing n=2000, LocalExecutor "
+        f"(parallelism {args.parallelism}), {os.cpu_count()} CPU cores, PostgreSQL metadata DB"
+    )
+    header = (
+        "shards",
+        "certify wall s",
+        "samples/s",
+        "vs 1 shard",
+        "compute s",
+        "overhead/task s",
+        "queue delay s",
+    )
     print(" | ".join(header))
     print(" | ".join("-" * len(h) for h in header))
     for r in rows:
-        print(" | ".join([
-            str(r["shards"]), f"{r['certify_wall_s']:.1f}", f"{r['samples_per_s']:.1f}",
-            f"{r['samples_per_s'] / base:.2f}x", f"{r['compute_s']:.1f}", f"{r['overhead_per_task_s']:.2f}",
-            f"{r['queue_delay_s']:.2f}",
-        ]))
+        print(
+            " | ".join(
+                [
+                    str(r["shards"]),
+                    f"{r['certify_wall_s']:.1f}",
+                    f"{r['samples_per_s']:.1f}",
+                    f"{r['samples_per_s'] / base:.2f}x",
+                    f"{r['compute_s']:.1f}",
+                    f"{r['overhead_per_task_s']:.2f}",
+                    f"{r['queue_delay_s']:.2f}",
+                ]
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -42,17 +42,36 @@ def naive_write(url: str, record) -> float:
     engine = sa.create_engine(url)
     t0 = time.perf_counter()
     with Session(engine) as session:
-        model = Model(name="naive-" + record.run_id, sha256=record.model_sha256, registered_at=record.created_at)
-        policy = Policy(name="naive-" + record.run_id, sha256=record.policy_sha256, text=record.policy_text,
-                        recorded_at=record.created_at)
+        model = Model(
+            name="naive-" + record.run_id, sha256=record.model_sha256, registered_at=record.created_at
+        )
+        policy = Policy(
+            name="naive-" + record.run_id,
+            sha256=record.policy_sha256,
+            text=record.policy_text,
+            recorded_at=record.created_at,
+        )
         session.add_all([model, policy])
         session.flush()
         s = record.summary
-        run = PipelineRun(dag_id="naive", run_id=record.run_id, revision=1, batch_id=record.batch_id,
-                          created_at=record.created_at, recorded_at=record.created_at, model_id=model.id,
-                          policy_id=policy.id, package_version="0", n_samples=s["n_samples"],
-                          abstention_rate=s["abstention_rate"], mean_risk=s["mean_risk"], tier=s["tier"],
-                          drift=False, summary=s, manifest_digest="0" * 64)
+        run = PipelineRun(
+            dag_id="naive",
+            run_id=record.run_id,
+            revision=1,
+            batch_id=record.batch_id,
+            created_at=record.created_at,
+            recorded_at=record.created_at,
+            model_id=model.id,
+            policy_id=policy.id,
+            package_version="0",
+            n_samples=s["n_samples"],
+            abstention_rate=s["abstention_rate"],
+            mean_risk=s["mean_risk"],
+            tier=s["tier"],
+            drift=False,
+            summary=s,
+            manifest_digest="0" * 64,
+        )
         session.add(run)
         session.flush()
         for i, row in enumerate(record.sample_risk.to_dict(orient="records")):
@@ -83,17 +102,25 @@ def bench_write(name: str, url: str, n: int, n_naive: int, repeat: int) -> dict:
         naive_rates.append(n_naive / naive_write(url, naive_record))
         with store.engine.begin() as conn:  # the naive rows break the chain check of the next round
             for table in ("certificate", "sample_risk"):
-                conn.execute(sa.text(f"DELETE FROM {table} WHERE run_pk IN (SELECT id FROM pipeline_run "
-                                     "WHERE dag_id = 'naive')"))
+                conn.execute(
+                    sa.text(
+                        f"DELETE FROM {table} WHERE run_pk IN (SELECT id FROM pipeline_run "
+                        "WHERE dag_id = 'naive')"
+                    )
+                )
             conn.execute(sa.text("DELETE FROM pipeline_run WHERE dag_id = 'naive'"))
     store.dispose()
     rate, naive = float(np.median(rates)), float(np.median(naive_rates))
-    print(f"{name:10s} write_run {n:,} samples + {2 * n:,} certificates + audit, x{repeat}: median {rate:,.0f} "
-          f"(best {max(rates):,.0f}) sample rows/s = {3 * rate:,.0f} rows/s; naive session.add {n_naive:,} samples: "
-          f"median {naive:,.0f} (best {max(naive_rates):,.0f}) sample rows/s; ratio {rate / naive:.1f}x; "
-          f"verify {min(verify_seconds):.2f} s (ok={ok})")
-    print(f"{'':10s} target >= 20,000 sample rows/s: {'OK' if rate >= 20_000 else 'MISSED'}; "
-          f"target >= 10x naive: {'OK' if rate >= 10 * naive else 'MISSED'}")
+    print(
+        f"{name:10s} write_run {n:,} samples + {2 * n:,} certificates + audit, x{repeat}: median {rate:,.0f} "
+        f"(best {max(rates):,.0f}) sample rows/s = {3 * rate:,.0f} rows/s; naive session.add {n_naive:,} samples: "
+        f"median {naive:,.0f} (best {max(naive_rates):,.0f}) sample rows/s; ratio {rate / naive:.1f}x; "
+        f"verify {min(verify_seconds):.2f} s (ok={ok})"
+    )
+    print(
+        f"{'':10s} target >= 20,000 sample rows/s: {'OK' if rate >= 20_000 else 'MISSED'}; "
+        f"target >= 10x naive: {'OK' if rate >= 10 * naive else 'MISSED'}"
+    )
     return {"rate": rate, "naive": naive}
 
 
@@ -134,13 +161,17 @@ def bench_queries(url: str, total_rows: int, per_run: int) -> None:
         print(f"  {name:36s} p50 {p50:7.1f} ms   p95 {p95:7.1f} ms   {'OK' if p95 < 200 else 'OVER 200 ms'}")
     t = time.perf_counter()
     n_all = len(store.samples(target, tier="critical", limit=None))
-    print(f"  (reference, not a dashboard query: samples(run, tier=critical, limit=None) -> {n_all:,} rows in "
-          f"{(time.perf_counter() - t) * 1000:.0f} ms)")
+    print(
+        f"  (reference, not a dashboard query: samples(run, tier=critical, limit=None) -> {n_all:,} rows in "
+        f"{(time.perf_counter() - t) * 1000:.0f} ms)"
+    )
     store.dispose()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--naive-samples", type=int, default=5_000)
     parser.add_argument("--query-rows", type=int, default=1_000_000)
@@ -157,8 +188,13 @@ def main() -> None:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = admin.url.set(database=name)
     try:
-        bench_write("postgresql", url.render_as_string(hide_password=False), args.samples, args.naive_samples,
-                    args.repeat)
+        bench_write(
+            "postgresql",
+            url.render_as_string(hide_password=False),
+            args.samples,
+            args.naive_samples,
+            args.repeat,
+        )
         if args.query_rows:
             bench_queries(url.render_as_string(hide_password=False), args.query_rows, args.per_run)
     finally:

@@ -42,6 +42,7 @@ def _emit(frame, fmt: str, title: str) -> None:
     import json
 
     if fmt == "json":
+
         def plain(value):
             if hasattr(value, "isoformat"):
                 return value.isoformat()
@@ -202,7 +203,9 @@ def export(
 @app.command()
 def verify(
     db: str | None = typer.Option(None, "--db", help=_DB_HELP),
-    expected_head: str | None = typer.Option(None, help="Chain head published earlier; detects appended forgeries."),
+    expected_head: str | None = typer.Option(
+        None, help="Chain head published earlier; detects appended forgeries."
+    ),
 ) -> None:
     """Recompute the audit chain and every recorded row; exit 1 naming the first run and row that differ."""
     from certrisk.schemas.errors import CertriskError
@@ -214,7 +217,9 @@ def verify(
     if report.ok:
         typer.echo(f"OK: {report.message}\nchain head: {report.head}")
         return
-    typer.echo(f"FAILED: first bad run: {report.first_bad_run}; first bad row: {report.first_bad_row}", err=True)
+    typer.echo(
+        f"FAILED: first bad run: {report.first_bad_run}; first bad row: {report.first_bad_row}", err=True
+    )
     typer.echo(report.message, err=True)
     raise typer.Exit(1)
 
@@ -223,12 +228,20 @@ def verify(
 def report(
     run: str | None = typer.Option(None, "--run", help="run_id of the run to report (its current revision)."),
     period: str | None = typer.Option(None, "--period", help="Report a period instead, e.g. 30d."),
-    model: str | None = typer.Option(None, "--model", help="Model of the period report (default: every model)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Model of the period report (default: every model)."
+    ),
     dag: str | None = typer.Option(None, "--dag", help="dag_id, when several DAGs recorded this run_id."),
-    edition: str = typer.Option("compliance", "--edition", help="compliance (tiers, factors, aggregates) or engineer."),
-    format: str | None = typer.Option(None, "--format", help="html, pdf or csv (default: from --out's suffix)."),
+    edition: str = typer.Option(
+        "compliance", "--edition", help="compliance (tiers, factors, aggregates) or engineer."
+    ),
+    format: str | None = typer.Option(
+        None, "--format", help="html, pdf or csv (default: from --out's suffix)."
+    ),
     out: str = typer.Option(..., "--out", help="File to write."),
-    db: str | None = typer.Option(None, "--db", help="Governance DB URL (default: $CERTRISK_DB_URL or SQLite under $CERTRISK_HOME)."),
+    db: str | None = typer.Option(
+        None, "--db", help="Governance DB URL (default: $CERTRISK_DB_URL or SQLite under $CERTRISK_HOME)."
+    ),
 ) -> None:
     """Write a compliance report of one run (--run) or of a period (--period 30d --model NAME)."""
     from certrisk.governance.store import GovernanceStore

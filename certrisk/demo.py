@@ -114,7 +114,9 @@ def _frame(ids: list[str], x: np.ndarray, names: list[str], labels: np.ndarray |
 def _shift(dataset: DemoDataset, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if dataset.name == "digits":
         # lower contrast, brighter background, pixel noise
-        return np.clip(0.55 * clean + 0.2 + rng.normal(0.0, 0.12, size=clean.shape), 0.0, 1.0).astype(np.float32)
+        return np.clip(0.55 * clean + 0.2 + rng.normal(0.0, 0.12, size=clean.shape), 0.0, 1.0).astype(
+            np.float32
+        )
     # a recalibrated instrument: every size feature (radius, perimeter, area) reads 0.8 sd high
     shifted = clean.copy()
     size_cols = [i for i in range(clean.shape[1]) if i % 10 in (0, 2, 3)]
@@ -122,7 +124,9 @@ def _shift(dataset: DemoDataset, clean: np.ndarray, rng: np.random.Generator) ->
     return (shifted + rng.normal(0.0, 0.2, size=clean.shape)).astype(np.float32)
 
 
-def prepare_demo(home: Path | None = None, *, dataset: str = "digits", force: bool = False, log=print) -> DemoAssets:
+def prepare_demo(
+    home: Path | None = None, *, dataset: str = "digits", force: bool = False, log=print
+) -> DemoAssets:
     """Build (or reuse) a demo dataset's model, reference set and batches under ``<home>/demo/<dataset>``."""
     import torch
     from sklearn.model_selection import train_test_split
@@ -143,7 +147,9 @@ def prepare_demo(home: Path | None = None, *, dataset: str = "digits", force: bo
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("version") == DEMO_VERSION:
             log(f"demo assets ({spec.name}): cached in {root}")
-            return DemoAssets(root, paths["model"], paths["reference"], {b: paths[b] for b in BATCHES}, manifest)
+            return DemoAssets(
+                root, paths["model"], paths["reference"], {b: paths[b] for b in BATCHES}, manifest
+            )
 
     policy = load_policy(spec.policy).policy
     sigma = policy.certification.smoothing.sigma
@@ -152,7 +158,9 @@ def prepare_demo(home: Path | None = None, *, dataset: str = "digits", force: bo
     x, y, names, factory, raw = _load(spec)
     idx = np.arange(len(x))
     train_idx, rest_idx = train_test_split(idx, train_size=spec.train_size, stratify=y, random_state=seed)
-    ref_idx, prod_idx = train_test_split(rest_idx, train_size=spec.reference_size, stratify=y[rest_idx], random_state=seed)
+    ref_idx, prod_idx = train_test_split(
+        rest_idx, train_size=spec.reference_size, stratify=y[rest_idx], random_state=seed
+    )
     scaling = None
     if raw is not None:
         # Tabular features reach the model as z-scores with the training split's statistics.
@@ -161,27 +169,46 @@ def prepare_demo(home: Path | None = None, *, dataset: str = "digits", force: bo
         scaling = {"mean": mean.tolist(), "std": std.tolist()}
 
     t0 = time.perf_counter()
-    log(f"demo assets ({spec.name}): training with Gaussian noise sigma={sigma} on {len(train_idx)} samples ...")
-    model = train_classifier(factory(), x[train_idx], y[train_idx], noise_sigma=sigma, epochs=spec.epochs, seed=seed,
-                             device="cpu")
+    log(
+        f"demo assets ({spec.name}): training with Gaussian noise sigma={sigma} on {len(train_idx)} samples ..."
+    )
+    model = train_classifier(
+        factory(), x[train_idx], y[train_idx], noise_sigma=sigma, epochs=spec.epochs, seed=seed, device="cpu"
+    )
     pred, _ = predict(model, x[prod_idx], device="cpu")
     accuracy = float((pred == y[prod_idx]).mean())
     model_sha = save_safetensors(model, paths["model"])
-    log(f"demo assets ({spec.name}): model trained in {time.perf_counter() - t0:.1f}s, "
-        f"held-out accuracy {accuracy:.3f}")
+    log(
+        f"demo assets ({spec.name}): model trained in {time.perf_counter() - t0:.1f}s, "
+        f"held-out accuracy {accuracy:.3f}"
+    )
 
     rng = np.random.default_rng(seed)
     clean = x[prod_idx]
     shifted = _shift(spec, clean, rng)
     # An attacker wants the smallest change that flips the label: stop each input at its first
     # success, so the examples sit just past the decision boundary (the budget eps caps them).
-    attacked, success = pgd_numpy(model, clean, y[prod_idx], eps=spec.pgd_eps, norm="l2", steps=40, restarts=1,
-                                  seed=seed, clip=spec.pgd_clip, early_stop=True)
-    log(f"demo assets ({spec.name}): PGD l2 eps={spec.pgd_eps} against the base model: "
-        f"{success.mean():.1%} of inputs misclassified")
+    attacked, success = pgd_numpy(
+        model,
+        clean,
+        y[prod_idx],
+        eps=spec.pgd_eps,
+        norm="l2",
+        steps=40,
+        restarts=1,
+        seed=seed,
+        clip=spec.pgd_clip,
+        early_stop=True,
+    )
+    log(
+        f"demo assets ({spec.name}): PGD l2 eps={spec.pgd_eps} against the base model: "
+        f"{success.mean():.1%} of inputs misclassified"
+    )
 
     (root / "batches").mkdir(parents=True, exist_ok=True)
-    _frame([f"ref:{i}" for i in ref_idx], x[ref_idx], names, y[ref_idx]).to_parquet(paths["reference"], index=False)
+    _frame([f"ref:{i}" for i in ref_idx], x[ref_idx], names, y[ref_idx]).to_parquet(
+        paths["reference"], index=False
+    )
     for name, arr in (("clean", clean), ("shifted", shifted), ("attacked", attacked)):
         _frame([f"{name}:{i}" for i in prod_idx], arr, names, None).to_parquet(paths[name], index=False)
     # Ground truth stays beside the batches for evaluation; the pipeline never reads it.
@@ -194,9 +221,14 @@ def prepare_demo(home: Path | None = None, *, dataset: str = "digits", force: bo
         "model_sha256": model_sha,
         "heldout_accuracy": accuracy,
         "scaling": scaling,
-        "pgd": {"norm": "l2", "eps": spec.pgd_eps, "steps": 40, "early_stop": True,
-                "success_rate": float(success.mean()),
-                "mean_l2": float(np.linalg.norm((attacked - clean).reshape(len(clean), -1), axis=1).mean())},
+        "pgd": {
+            "norm": "l2",
+            "eps": spec.pgd_eps,
+            "steps": 40,
+            "early_stop": True,
+            "success_rate": float(success.mean()),
+            "mean_l2": float(np.linalg.norm((attacked - clean).reshape(len(clean), -1), axis=1).mean()),
+        },
         "sizes": {"train": len(train_idx), "reference": len(ref_idx), **{b: len(prod_idx) for b in BATCHES}},
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))
@@ -234,7 +266,9 @@ def _outcome(run) -> str:
     return str(run.state)
 
 
-def run_demo(batches: list[str] | None = None, samples: int | None = None, dataset: str = "digits") -> list[dict]:
+def run_demo(
+    batches: list[str] | None = None, samples: int | None = None, dataset: str = "digits"
+) -> list[dict]:
     """Prepare a demo dataset and run its example DAG once per batch; print and return the results."""
     from rich.console import Console
     from rich.table import Table
@@ -263,7 +297,9 @@ def run_demo(batches: list[str] | None = None, samples: int | None = None, datas
         from airflow.utils.db import upgradedb
 
         upgradedb()
-        console.print(f"airflow metadata DB migrated in {time.perf_counter() - t0:.1f}s ({os.environ['AIRFLOW_HOME']})")
+        console.print(
+            f"airflow metadata DB migrated in {time.perf_counter() - t0:.1f}s ({os.environ['AIRFLOW_HOME']})"
+        )
     from certrisk.governance import GovernanceStore
 
     db_url = default_db_url()
@@ -289,20 +325,39 @@ def run_demo(batches: list[str] | None = None, samples: int | None = None, datas
         outcome = _outcome(run)
         results.append({"batch": name, "run_id": run.run_id, "state": outcome, "seconds": elapsed})
         style = {"success": "green", "alert": "yellow"}.get(outcome, "red")
-        note = " (the batch tier reached the policy's alert tier; the record landed first)" if outcome == "alert" else ""
+        note = (
+            " (the batch tier reached the policy's alert tier; the record landed first)"
+            if outcome == "alert"
+            else ""
+        )
         console.print(f"  {name}: [{style}]{outcome}[/{style}] in {elapsed:.1f}s{note}")
 
     store = GovernanceStore(db_url)
     runs = store.list_runs()
     table = Table(title=f"certrisk demo: {dag_id}")
-    for col in ("batch", "samples", "abstention", "mean risk", "low", "medium", "high", "critical", "batch tier", "seconds"):
+    for col in (
+        "batch",
+        "samples",
+        "abstention",
+        "mean risk",
+        "low",
+        "medium",
+        "high",
+        "critical",
+        "batch tier",
+        "seconds",
+    ):
         table.add_column(col, justify="right" if col not in ("batch", "batch tier") else "left")
     by_run = {r["run_id"]: r for r in runs.to_dict("records")} if len(runs) else {}
-    summaries = {r["run_id"]: store.get_run(dag_id, r["run_id"])["summary"] for r in results if r["run_id"] in by_run}
+    summaries = {
+        r["run_id"]: store.get_run(dag_id, r["run_id"])["summary"] for r in results if r["run_id"] in by_run
+    }
     for res in results:
         rec = by_run.get(res["run_id"])
         if rec is None:
-            table.add_row(res["batch"], "-", "-", "-", "-", "-", "-", "-", res["state"], f"{res['seconds']:.1f}")
+            table.add_row(
+                res["batch"], "-", "-", "-", "-", "-", "-", "-", res["state"], f"{res['seconds']:.1f}"
+            )
             continue
         counts = summaries[res["run_id"]].get("tier_counts") or {}
         table.add_row(
@@ -319,7 +374,9 @@ def run_demo(batches: list[str] | None = None, samples: int | None = None, datas
     console.print(f"artifacts:     {home / 'artifacts' / dag_id}")
     console.print(f"demo assets:   {assets.root}")
     console.print(f"total:         {time.perf_counter() - t_start:.1f}s")
-    console.print("Next: `certrisk runs --format json`, `certrisk samples --run RUN_ID --tier high`, `certrisk verify`.")
+    console.print(
+        "Next: `certrisk runs --format json`, `certrisk samples --run RUN_ID --tier high`, `certrisk verify`."
+    )
     failed = [r for r in results if r["state"] not in ("success", "alert")]
     if failed:
         console.print("[red]Rerun with AIRFLOW__LOGGING__LOGGING_LEVEL=INFO to see the task logs.[/red]")

@@ -16,10 +16,14 @@ def test_risk_imports_no_airflow_or_governance():
         "certrisk.risk.certify, certrisk.risk.rules, certrisk.risk.drift, certrisk.risk.context, certrisk.risk.score"
     )
     assert not {m for m in mods if m == "airflow" or m.startswith("airflow.")}
-    assert not {m for m in mods if m.startswith(("certrisk.governance", "certrisk.operators", "certrisk.reports"))}
+    assert not {
+        m for m in mods if m.startswith(("certrisk.governance", "certrisk.operators", "certrisk.reports"))
+    }
 
 
 def test_schemas_import_nothing_else_of_certrisk():
-    mods = _modules_after("import certrisk.schemas, certrisk.schemas.policy, certrisk.schemas.rmf, certrisk.schemas.columns")
+    mods = _modules_after(
+        "import certrisk.schemas, certrisk.schemas.policy, certrisk.schemas.rmf, certrisk.schemas.columns"
+    )
     others = {m for m in mods if m.startswith("certrisk.") and not m.startswith("certrisk.schemas")}
     assert not others

@@ -320,7 +320,9 @@ def prepare(record: RunRecord) -> PreparedRun:
         raise InputError(f"sample_risk: missing sample_id at row {row}")
     _first_duplicate(samples, [SAMPLE_ID], table="sample_risk")
     ids = samples[SAMPLE_ID].to_numpy(dtype=object)
-    finite_or_raise(samples["risk"].to_numpy(dtype=np.float64, na_value=np.nan), what="sample_risk: risk", ids=ids)
+    finite_or_raise(
+        samples["risk"].to_numpy(dtype=np.float64, na_value=np.nan), what="sample_risk: risk", ids=ids
+    )
     bad_tier = ~samples["tier"].isin(_TIERS).to_numpy()
     if bad_tier.any():
         row = int(np.flatnonzero(bad_tier)[0])
@@ -346,7 +348,9 @@ def prepare(record: RunRecord) -> PreparedRun:
     evidence_rows = list(record.rmf_evidence or [])
     for i, item in enumerate(evidence_rows):
         if len(item) != 3 or not all(isinstance(x, str) for x in item):
-            raise InputError(f"rmf_evidence: item {i} must be (subcategory_id, evidence_kind, detail) strings: {item!r}")
+            raise InputError(
+                f"rmf_evidence: item {i} must be (subcategory_id, evidence_kind, detail) strings: {item!r}"
+            )
         if item[0] not in cat:
             raise InputError(f"rmf_evidence: unknown NIST AI RMF subcategory id {item[0]!r} in item {i}")
     evidence = pd.DataFrame(evidence_rows, columns=list(RMF_EVIDENCE_COLUMNS)).astype("string")
@@ -358,7 +362,9 @@ def prepare(record: RunRecord) -> PreparedRun:
     if missing:
         raise InputError(f"summary: missing key(s) {missing}")
     try:
-        summary_text = canonical_json(json.loads(json.dumps(record.summary, default=_json_default, allow_nan=False)))
+        summary_text = canonical_json(
+            json.loads(json.dumps(record.summary, default=_json_default, allow_nan=False))
+        )
     except (TypeError, ValueError) as exc:
         raise InputError(f"summary: not JSON-serializable without NaN/inf: {exc}") from exc
     summary = json.loads(summary_text)
@@ -397,7 +403,8 @@ def prepare(record: RunRecord) -> PreparedRun:
         summary=summary,
     )
     manifest, digest = manifest_of(
-        sha256_hex(canonical_json(header)), {name: (t.n, table_digest(t.digests)) for name, t in tables.items()}
+        sha256_hex(canonical_json(header)),
+        {name: (t.n, table_digest(t.digests)) for name, t in tables.items()},
     )
     return PreparedRun(record, header, summary, created, tables, manifest, digest)
 

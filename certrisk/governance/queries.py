@@ -140,7 +140,9 @@ def _model_and_dates(conn, where: list, params: dict, *, model=None, since=None,
         params["until"] = _bind_dt(conn, _utc_param(until, "until"))
 
 
-def find_run(conn, run_id: str, dag_id: str | None = None, revision: int | None = None, *, columns=("run_pk", "dag_id")):
+def find_run(
+    conn, run_id: str, dag_id: str | None = None, revision: int | None = None, *, columns=("run_pk", "dag_id")
+):
     """The v_run_summary row of a run: its current revision unless ``revision`` is given.
 
     Raises RunNotFoundError when nothing matches, InputError when the run id is recorded by
@@ -159,9 +161,13 @@ def find_run(conn, run_id: str, dag_id: str | None = None, revision: int | None 
     sql = f"SELECT {', '.join(dict.fromkeys(('dag_id', *columns)))} FROM v_run_summary WHERE {' AND '.join(where)}"
     found = conn.execute(sa.text(sql), params).mappings().all()
     if not found:
-        raise RunNotFoundError(f"no recorded run with run_id {run_id!r}" + (f" in DAG {dag_id!r}" if dag_id else ""))
+        raise RunNotFoundError(
+            f"no recorded run with run_id {run_id!r}" + (f" in DAG {dag_id!r}" if dag_id else "")
+        )
     if len(found) > 1:
-        raise InputError(f"run_id {run_id!r} is recorded by several DAGs {sorted(r['dag_id'] for r in found)}; pass dag_id")
+        raise InputError(
+            f"run_id {run_id!r} is recorded by several DAGs {sorted(r['dag_id'] for r in found)}; pass dag_id"
+        )
     return found[0]
 
 
@@ -194,7 +200,9 @@ def samples(
             raise InputError(f"unknown factor {factor!r}; known: {list(FACTORS)}")
         where.append(f"factor_{factor} > 0")
         order = f"factor_{factor} DESC, risk DESC, row_no"
-    sql = f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM v_sample_risk WHERE {' AND '.join(where)} ORDER BY {order}"
+    sql = (
+        f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM v_sample_risk WHERE {' AND '.join(where)} ORDER BY {order}"
+    )
     if limit is not None:
         if int(limit) < 0:
             raise InputError(f"samples: limit must be >= 0 or None, got {limit}")
@@ -209,7 +217,9 @@ def samples(
 def _run_view(conn, view: str, columns, run_id, dag_id, revision, order: str) -> pd.DataFrame:
     run_pk = _resolve_run(conn, run_id, dag_id, revision)
     quoted = ", ".join(f'"{c}"' for c in columns)
-    rows = conn.execute(sa.text(f"SELECT {quoted} FROM {view} WHERE run_pk = :pk ORDER BY {order}"), {"pk": run_pk})
+    rows = conn.execute(
+        sa.text(f"SELECT {quoted} FROM {view} WHERE run_pk = :pk ORDER BY {order}"), {"pk": run_pk}
+    )
     return pd.DataFrame(rows.all(), columns=list(columns))
 
 
@@ -224,7 +234,9 @@ def drift_tests(conn, run_id: str, *, dag_id: str | None = None, revision: int |
     return frame
 
 
-def rule_results(conn, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> pd.DataFrame:
+def rule_results(
+    conn, run_id: str, *, dag_id: str | None = None, revision: int | None = None
+) -> pd.DataFrame:
     """A run's per-expectation outcomes (current revision) in recorded order, from v_rule_result.
     Columns: RULE_COLUMNS."""
     frame = _run_view(conn, "v_rule_result", RULE_COLUMNS, run_id, dag_id, revision, "row_no")
@@ -232,7 +244,9 @@ def rule_results(conn, run_id: str, *, dag_id: str | None = None, revision: int 
     return frame
 
 
-def method_costs(conn, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> pd.DataFrame:
+def method_costs(
+    conn, run_id: str, *, dag_id: str | None = None, revision: int | None = None
+) -> pd.DataFrame:
     """Per certification method of a run (current revision), from v_method_cost: samples, shares
     certified and abstained (0..1), total seconds, peak bytes, forward passes. Aggregates only:
     no radius or confidence bound. Columns: METHOD_COST_COLUMNS."""
@@ -248,7 +262,10 @@ def trend(conn, *, model: str | None = None, days: int = 30) -> pd.DataFrame:
     """Per model and UTC day over the last ``days`` days: n_runs, n_samples, abstention_rate and
     mean_risk (sample-weighted over current runs), worst_tier."""
     cutoff = (datetime.now(UTC) - timedelta(days=int(days))).date()
-    where, params = ["day >= :cutoff"], {"cutoff": cutoff.isoformat() if conn.dialect.name == "sqlite" else cutoff}
+    where, params = (
+        ["day >= :cutoff"],
+        {"cutoff": cutoff.isoformat() if conn.dialect.name == "sqlite" else cutoff},
+    )
     if model is not None:
         where.append("model = :model")
         params["model"] = model
@@ -258,7 +275,8 @@ def trend(conn, *, model: str | None = None, days: int = 30) -> pd.DataFrame:
     )
     rows = conn.execute(sa.text(sql), params).all()
     frame = pd.DataFrame(
-        rows, columns=["model", "day", "n_runs", "n_samples", "abstention_rate", "mean_risk", "worst_tier_rank"]
+        rows,
+        columns=["model", "day", "n_runs", "n_samples", "abstention_rate", "mean_risk", "worst_tier_rank"],
     )
     frame["day"] = pd.to_datetime(frame["day"]).dt.date
     tiers = [t.value for t in Tier]
@@ -285,7 +303,15 @@ def rmf_coverage(conn, *, model: str | None = None) -> pd.DataFrame:
     )
     frame = pd.DataFrame(
         conn.execute(sa.text(sql), params).all(),
-        columns=["subcategory_id", "function", "category", "text", "n_runs", "n_records", "last_evidenced_at"],
+        columns=[
+            "subcategory_id",
+            "function",
+            "category",
+            "text",
+            "n_runs",
+            "n_records",
+            "last_evidenced_at",
+        ],
     )
     kinds_sql = f"SELECT DISTINCT e.subcategory_id, e.evidence_kind FROM v_rmf_evidence e WHERE {cond}"
     kinds: dict[str, list[str]] = {}

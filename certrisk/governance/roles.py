@@ -23,7 +23,12 @@ import sqlalchemy as sa
 
 from certrisk.schemas.errors import StoreError
 
-WRITER, ENGINEER, COMPLIANCE, AUDITOR = "certrisk_writer", "certrisk_engineer", "certrisk_compliance", "certrisk_auditor"
+WRITER, ENGINEER, COMPLIANCE, AUDITOR = (
+    "certrisk_writer",
+    "certrisk_engineer",
+    "certrisk_compliance",
+    "certrisk_auditor",
+)
 ROLES = (WRITER, ENGINEER, COMPLIANCE, AUDITOR)
 RECORD_TABLES = (
     "model", "policy", "pipeline_run", "sample_risk", "certificate", "rule_sample", "rule_result",

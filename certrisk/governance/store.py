@@ -178,7 +178,9 @@ class GovernanceStore:
     @property
     def write_engine(self) -> sa.Engine:
         if self._write_engine is None:
-            self._write_engine = self.engine if self.dialect != "sqlite" else self._make_engine(immediate=True)
+            self._write_engine = (
+                self.engine if self.dialect != "sqlite" else self._make_engine(immediate=True)
+            )
         return self._write_engine
 
     def dispose(self) -> None:
@@ -222,7 +224,13 @@ class GovernanceStore:
         table = RmfSubcategory.__table__
         present = set(conn.execute(sa.select(table.c.id)).scalars())
         rows = [
-            {"id": s.id, "function": s.function, "category": s.category, "text": s.text, "category_text": s.category_text}
+            {
+                "id": s.id,
+                "function": s.function,
+                "category": s.category,
+                "text": s.text,
+                "category_text": s.category_text,
+            }
             for s in catalog().values()
             if s.id not in present
         ]
@@ -236,10 +244,14 @@ class GovernanceStore:
             return MigrationContext.configure(conn).get_current_revision()
 
     # ------------------------------------------------------------------ models
-    def register_model(self, name: str, sha256: str, *, format: str | None = None, description: str | None = None) -> int:
+    def register_model(
+        self, name: str, sha256: str, *, format: str | None = None, description: str | None = None
+    ) -> int:
         """Register a model version (idempotent); returns its id."""
         if not name or not isinstance(sha256, str) or len(sha256) != 64:
-            raise InputError(f"register_model: need a name and a 64-hex-digit sha256, got {name!r}, {sha256!r}")
+            raise InputError(
+                f"register_model: need a name and a 64-hex-digit sha256, got {name!r}, {sha256!r}"
+            )
         for attempt in range(_WRITE_ATTEMPTS):
             try:
                 with self._errors("register_model"), self.write_engine.begin() as conn:
@@ -261,7 +273,13 @@ class GovernanceStore:
                 "register it with GovernanceStore.register_model (require_registered_model=True refuses "
                 "runs of unregistered model versions)"
             )
-        values = {"name": name, "sha256": sha256, "format": format, "description": description, "registered_at": _now()}
+        values = {
+            "name": name,
+            "sha256": sha256,
+            "format": format,
+            "description": description,
+            "registered_at": _now(),
+        }
         return conn.execute(_MODEL.insert().values(**values).returning(_MODEL.c.id)).scalar_one()
 
     def _policy_id(self, conn, name, sha256, text) -> int:
@@ -360,11 +378,17 @@ class GovernanceStore:
                 with dbapi.cursor() as cur, cur.copy(f"COPY {table.name} ({quoted}) FROM STDIN") as copy:
                     for lo in range(0, rows_in.n, _COPY_BLOCK_ROWS):
                         hi = lo + _COPY_BLOCK_ROWS
-                        block = zip(repeat(str(run_pk)), row_nos[lo:hi], *(f[lo:hi] for f in fields),
-                                    rows_in.digests[lo:hi])
+                        block = zip(
+                            repeat(str(run_pk)),
+                            row_nos[lo:hi],
+                            *(f[lo:hi] for f in fields),
+                            rows_in.digests[lo:hi],
+                        )
                         copy.write(("\n".join(map("\t".join, block)) + "\n").encode("utf-8"))
             else:
-                rows = zip(repeat(run_pk), range(rows_in.n), *rows_in.insert_columns(), rows_in.digests, strict=False)
+                rows = zip(
+                    repeat(run_pk), range(rows_in.n), *rows_in.insert_columns(), rows_in.digests, strict=False
+                )
                 marks = ", ".join("?" * len(cols))
                 cur = dbapi.cursor()
                 try:
@@ -375,7 +399,9 @@ class GovernanceStore:
     def _append_audit(self, conn, run_pk, dag_id, run_id, revision, p: PreparedRun, now) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
-        head = conn.execute(sa.select(_AUDIT.c.seq, _AUDIT.c.entry_hash).order_by(_AUDIT.c.seq.desc()).limit(1)).first()
+        head = conn.execute(
+            sa.select(_AUDIT.c.seq, _AUDIT.c.entry_hash).order_by(_AUDIT.c.seq.desc()).limit(1)
+        ).first()
         seq, prev = (head.seq + 1, head.entry_hash) if head is not None else (1, GENESIS)
         entry = {
             "prev_hash": prev,
@@ -387,9 +413,7 @@ class GovernanceStore:
             "manifest": p.manifest,
             "recorded_at": now,
         }
-        conn.execute(
-            _AUDIT.insert().values(**entry, run_pk=run_pk, entry_hash=entry_hash(**entry))
-        )
+        conn.execute(_AUDIT.insert().values(**entry, run_pk=run_pk, entry_hash=entry_hash(**entry)))
 
     # ------------------------------------------------------------------ read
     def get_run(self, dag_id: str, run_id: str, revision: int | None = None) -> dict:
@@ -401,14 +425,24 @@ class GovernanceStore:
         """
         with self._errors("get_run"), self.engine.connect() as conn:
             q = (
-                sa.select(_RUN, _MODEL.c.name.label("model_name"), _MODEL.c.sha256.label("model_sha256"),
-                          _MODEL.c.format.label("model_format"), _POLICY.c.name.label("policy_name"),
-                          _POLICY.c.sha256.label("policy_sha256"), _POLICY.c.text.label("policy_text"))
+                sa.select(
+                    _RUN,
+                    _MODEL.c.name.label("model_name"),
+                    _MODEL.c.sha256.label("model_sha256"),
+                    _MODEL.c.format.label("model_format"),
+                    _POLICY.c.name.label("policy_name"),
+                    _POLICY.c.sha256.label("policy_sha256"),
+                    _POLICY.c.text.label("policy_text"),
+                )
                 .join(_MODEL, _MODEL.c.id == _RUN.c.model_id)
                 .join(_POLICY, _POLICY.c.id == _RUN.c.policy_id)
                 .where(_RUN.c.dag_id == dag_id, _RUN.c.run_id == run_id)
             )
-            q = q.where(_RUN.c.revision == revision) if revision is not None else q.order_by(_RUN.c.revision.desc())
+            q = (
+                q.where(_RUN.c.revision == revision)
+                if revision is not None
+                else q.order_by(_RUN.c.revision.desc())
+            )
             run = conn.execute(q.limit(1)).mappings().first()
             if run is None:
                 rev = f" revision {revision}" if revision is not None else ""
@@ -417,16 +451,25 @@ class GovernanceStore:
             out["run_pk"] = out.pop("id")
             out["created_at"] = _as_utc(out["created_at"])
             out["recorded_at"] = _as_utc(out["recorded_at"])
-            keys = {"sample_risk": "sample_risk", "certificate": "certificates", "rule_sample": "rule_samples",
-                    "rule_result": "rule_expectations", "drift_test": "drift_tests"}
+            keys = {
+                "sample_risk": "sample_risk",
+                "certificate": "certificates",
+                "rule_sample": "rule_samples",
+                "rule_result": "rule_expectations",
+                "drift_test": "drift_tests",
+            }
             for name, table, spec in ROW_TABLES:
                 cols = [table.c[c] for c in spec]
-                rows = conn.execute(sa.select(*cols).where(table.c.run_pk == out["run_pk"]).order_by(table.c.row_no))
+                rows = conn.execute(
+                    sa.select(*cols).where(table.c.run_pk == out["run_pk"]).order_by(table.c.row_no)
+                )
                 data = rows.all()
                 if name == "rmf_evidence":
                     out["rmf_evidence"] = [tuple(r) for r in data]
                     continue
-                frame = pd.DataFrame([tuple(r) for r in data], columns=list(spec)) if data else empty_frame(spec)
+                frame = (
+                    pd.DataFrame([tuple(r) for r in data], columns=list(spec)) if data else empty_frame(spec)
+                )
                 if data:
                     for col, dtype in spec.items():
                         if dtype != "object":
@@ -493,4 +536,11 @@ def _as_utc(value):
     return value
 
 
-__all__ = ["RMF_EVIDENCE_COLUMNS", "GovernanceStore", "RunRecord", "WriteResult", "mask_url", "migrations_config"]
+__all__ = [
+    "RMF_EVIDENCE_COLUMNS",
+    "GovernanceStore",
+    "RunRecord",
+    "WriteResult",
+    "mask_url",
+    "migrations_config",
+]

@@ -57,12 +57,18 @@ def _check_tables(conn, run, label: str, manifest: dict) -> int:
     for name, table, spec in ROW_TABLES:
         cols = [table.c[c] for c in spec]
         rows = conn.execute(
-            sa.select(table.c.row_no, table.c.row_digest, *cols).where(table.c.run_pk == run.id).order_by(table.c.row_no)
+            sa.select(table.c.row_no, table.c.row_digest, *cols)
+            .where(table.c.run_pk == run.id)
+            .order_by(table.c.row_no)
         ).all()
         columns = list(zip(*(tuple(r[2:]) for r in rows), strict=True)) if rows else []
-        recomputed_all = row_digests_of(
-            [column_reprs(list(col), dtype) for col, dtype in zip(columns, spec.values(), strict=True)]
-        ) if rows else []
+        recomputed_all = (
+            row_digests_of(
+                [column_reprs(list(col), dtype) for col, dtype in zip(columns, spec.values(), strict=True)]
+            )
+            if rows
+            else []
+        )
         digests = []
         for expected_no, row in enumerate(rows):
             values = tuple(row[2:])
@@ -164,38 +170,65 @@ def verify_store(conn, *, expected_head: str | None = None) -> VerifyReport:
         for position, e in enumerate(entries, start=1):
             label = f"{e.dag_id}/{e.run_id}#{e.revision}"
             if e.seq != position:
-                raise _Bad(label, None, f"audit entry seq {e.seq} found where seq {position} was expected: "
-                           "an audit entry was deleted or inserted")
+                raise _Bad(
+                    label,
+                    None,
+                    f"audit entry seq {e.seq} found where seq {position} was expected: "
+                    "an audit entry was deleted or inserted",
+                )
             if e.prev_hash != prev:
-                raise _Bad(label, None, f"audit entry {e.seq} ({label}) links to {e.prev_hash[:16]} but the previous "
-                           f"entry hashes to {prev[:16]}: an entry before it was changed, removed or inserted")
+                raise _Bad(
+                    label,
+                    None,
+                    f"audit entry {e.seq} ({label}) links to {e.prev_hash[:16]} but the previous "
+                    f"entry hashes to {prev[:16]}: an entry before it was changed, removed or inserted",
+                )
             recomputed = entry_hash(
                 prev_hash=e.prev_hash, seq=e.seq, dag_id=e.dag_id, run_id=e.run_id, revision=e.revision,
                 manifest_digest=e.manifest_digest, manifest=e.manifest, recorded_at=e.recorded_at,
             )  # fmt: skip
             if recomputed != e.entry_hash:
-                raise _Bad(label, None, f"audit entry {e.seq} ({label}) does not match its hash: it was altered")
+                raise _Bad(
+                    label, None, f"audit entry {e.seq} ({label}) does not match its hash: it was altered"
+                )
             if sha256_hex(canonical_json(e.manifest)) != e.manifest_digest:
                 raise _Bad(label, None, f"audit entry {e.seq} ({label}): manifest does not match its digest")
             run = runs.pop(e.run_pk, None)
             if run is None:
-                raise _Bad(label, None, f"run {label} (audit entry {e.seq}) is missing from pipeline_run: it was deleted")
+                raise _Bad(
+                    label,
+                    None,
+                    f"run {label} (audit entry {e.seq}) is missing from pipeline_run: it was deleted",
+                )
             if (run.dag_id, run.run_id, run.revision) != (e.dag_id, e.run_id, e.revision):
-                raise _Bad(label, "pipeline_run", f"run {label}: pipeline_run row {run.id} now says "
-                           f"{run.dag_id}/{run.run_id}#{run.revision}: its key was changed")
+                raise _Bad(
+                    label,
+                    "pipeline_run",
+                    f"run {label}: pipeline_run row {run.id} now says "
+                    f"{run.dag_id}/{run.run_id}#{run.revision}: its key was changed",
+                )
             if run.revision > 1:
                 prior = by_id.get(run.supersedes_id)
-                if prior is None or (prior.dag_id, prior.run_id, prior.revision) != (run.dag_id, run.run_id,
-                                                                                     run.revision - 1):
-                    raise _Bad(label, "pipeline_run", f"run {label}: the revision it supersedes is missing or wrong")
+                if prior is None or (prior.dag_id, prior.run_id, prior.revision) != (
+                    run.dag_id,
+                    run.run_id,
+                    run.revision - 1,
+                ):
+                    raise _Bad(
+                        label, "pipeline_run", f"run {label}: the revision it supersedes is missing or wrong"
+                    )
             elif run.supersedes_id is not None:
                 raise _Bad(label, "pipeline_run", f"run {label}: revision 1 must not supersede anything")
             rows_checked += _check_tables(conn, run, label, e.manifest)
             if run.model_name is None or run.policy_name is None:
                 raise _Bad(label, "pipeline_run", f"run {label}: its model or policy row is missing")
             if sha256_hex(canonical_json(_header_of(run))) != e.manifest.get("header"):
-                raise _Bad(label, "pipeline_run", f"run {label}: the run header (summary, tier, figures, model, "
-                           "policy or timestamps) differs from what was recorded")
+                raise _Bad(
+                    label,
+                    "pipeline_run",
+                    f"run {label}: the run header (summary, tier, figures, model, "
+                    "policy or timestamps) differs from what was recorded",
+                )
             if run.manifest_digest != e.manifest_digest:
                 raise _Bad(label, "pipeline_run", f"run {label}: pipeline_run.manifest_digest was changed")
             prev = e.entry_hash
@@ -203,11 +236,19 @@ def verify_store(conn, *, expected_head: str | None = None) -> VerifyReport:
         if runs:
             forged = next(iter(runs.values()))
             label = f"{forged.dag_id}/{forged.run_id}#{forged.revision}"
-            raise _Bad(label, None, f"run {label} (pipeline_run {forged.id}) has no audit entry: it was inserted "
-                       f"outside GovernanceStore.write_run; {len(runs)} such run(s)")
+            raise _Bad(
+                label,
+                None,
+                f"run {label} (pipeline_run {forged.id}) has no audit entry: it was inserted "
+                f"outside GovernanceStore.write_run; {len(runs)} such run(s)",
+            )
         if expected_head is not None and expected_head != prev:
-            raise _Bad(None, None, f"the chain head is {prev[:16]} but {expected_head[:16]} was expected: entries were "
-                       "appended or removed at the end")
+            raise _Bad(
+                None,
+                None,
+                f"the chain head is {prev[:16]} but {expected_head[:16]} was expected: entries were "
+                "appended or removed at the end",
+            )
     except _Bad as bad:
         return VerifyReport(False, bad.run, bad.row, bad.message, runs_checked, rows_checked, prev)
     return VerifyReport(

@@ -96,7 +96,9 @@ class CertifyOperator(CertriskOperator):
         }
         self.log.info(
             "certified shard %d (%d samples) on %s: %s",
-            out["index"], len(batch), loaded.device,
+            out["index"],
+            len(batch),
+            loaded.device,
             ", ".join(f"{m} {c['seconds']:.2f}s, {c['abstained']} abstained" for m, c in costs.items()),
         )
         return out
@@ -122,7 +124,9 @@ class MergeCertificatesOperator(CertriskOperator):
         methods = list(dict.fromkeys(certs["method"]))
         order = {sid: i for i, sid in enumerate(preds[SAMPLE_ID])}
         certs = certs.assign(_m=certs["method"].map(methods.index), _s=certs[SAMPLE_ID].map(order))
-        certs = certs.sort_values(["_m", "_s"], kind="stable").drop(columns=["_m", "_s"]).reset_index(drop=True)
+        certs = (
+            certs.sort_values(["_m", "_s"], kind="stable").drop(columns=["_m", "_s"]).reset_index(drop=True)
+        )
         root = self.run_dir(context)
         costs: dict[str, dict] = {}
         for r in results:
@@ -135,7 +139,9 @@ class MergeCertificatesOperator(CertriskOperator):
             raise ValueError(f"shards certified different model files: {sorted(model_shas)}")
         run_keys = {r.get("run_key") for r in results}
         if len(run_keys) != 1:
-            raise ValueError(f"shards derived their seeds from different run keys: {sorted(map(str, run_keys))}")
+            raise ValueError(
+                f"shards derived their seeds from different run keys: {sorted(map(str, run_keys))}"
+            )
         out = {
             "certificates": write_parquet(root / "certificates.parquet", certs),
             "predictions": write_parquet(root / "predictions.parquet", preds),
@@ -146,5 +152,7 @@ class MergeCertificatesOperator(CertriskOperator):
             "devices": sorted({r["device"] for r in results}),
             "costs": costs,
         }
-        self.log.info("merged %d shard(s): %d samples, %d certificate rows", len(results), len(preds), len(certs))
+        self.log.info(
+            "merged %d shard(s): %d samples, %d certificate rows", len(results), len(preds), len(certs)
+        )
         return out

@@ -80,18 +80,24 @@ def certrisk_dag(
         start_date=start_date or datetime(2026, 1, 1, tzinfo=UTC),
         catchup=catchup,
         params={
-            "batch_uri": Param(batch_uri, type="string", description="Batch file (parquet or npz) this run scores."),
+            "batch_uri": Param(
+                batch_uri, type="string", description="Batch file (parquet or npz) this run scores."
+            ),
         },
         tags=list(tags),
         default_args=default_args or {},
         **dag_kwargs,
     ) as dag:
         validate = ValidateBatchOperator(task_id="validate", batch_uri="{{ params.batch_uri }}", **common)
-        shards = PlanShardsOperator(task_id="plan_shards", batch=validate.output, shard_size=shard_size, **common)
+        shards = PlanShardsOperator(
+            task_id="plan_shards", batch=validate.output, shard_size=shard_size, **common
+        )
         certify = CertifyOperator.partial(
             task_id="certify", batch=validate.output, run_key=run_key, **certify_routing, **common
         ).expand(shard=shards.output)
-        merged = MergeCertificatesOperator(task_id="merge_certificates", shard_results=certify.output, **common)
+        merged = MergeCertificatesOperator(
+            task_id="merge_certificates", shard_results=certify.output, **common
+        )
         rules = RuleCheckOperator(task_id="rules", batch=validate.output, **common)
         drift = DriftOperator(task_id="drift", batch=validate.output, **common)
         ctx = ContextOperator(task_id="context", batch=validate.output, certified=merged.output, **common)

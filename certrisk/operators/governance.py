@@ -30,7 +30,12 @@ class GovernanceWriteOperator(CertriskOperator):
     """
 
     template_fields: Sequence[str] = (
-        *CertriskOperator.template_fields, "batch", "certified", "rules", "drift", "scored",
+        *CertriskOperator.template_fields,
+        "batch",
+        "certified",
+        "rules",
+        "drift",
+        "scored",
     )
 
     def __init__(
@@ -60,7 +65,15 @@ class GovernanceWriteOperator(CertriskOperator):
 
     def evidence_kinds(self, summary: dict) -> list[str]:
         """Run-level evidence this record itself provides, beyond the per-sample signals."""
-        kinds = ["run_record", "audit_chain", "limitations", "test_sets", "model_inventory", "policy", "risk_tiers"]
+        kinds = [
+            "run_record",
+            "audit_chain",
+            "limitations",
+            "test_sets",
+            "model_inventory",
+            "policy",
+            "risk_tiers",
+        ]
         if Tier(summary["tier"]) >= self.loaded_policy.policy.alert_tier:
             kinds.append("alert")
         return kinds
@@ -95,14 +108,21 @@ class GovernanceWriteOperator(CertriskOperator):
             drift_tests=read_parquet(self.drift["drift_tests"]) if self.drift else empty,
             rmf_evidence=list(
                 run_rmf_evidence(
-                    policy=pol, sample_risk=sample_risk, batch_summary=summary, evidence_kinds=self.evidence_kinds(summary)
+                    policy=pol,
+                    sample_risk=sample_risk,
+                    batch_summary=summary,
+                    evidence_kinds=self.evidence_kinds(summary),
                 )
             ),
         )
         result = self.hook.get_store().write_run(record, supersede=self.supersede)
         self.log.info(
             "governance: run %s/%s %s (revision %s, manifest %s...)",
-            dag_run.dag_id, dag_run.run_id, result.status, result.revision, result.manifest_digest[:12],
+            dag_run.dag_id,
+            dag_run.run_id,
+            result.status,
+            result.revision,
+            result.manifest_digest[:12],
         )
         return {
             "status": result.status,

@@ -45,7 +45,9 @@ class GovernanceHook(BaseHook):
         except Exception as exc:  # the SDK raises AirflowNotFoundException (or a runtime error outside tasks)
             if self.certrisk_conn_id != self.default_conn_name:
                 raise
-            self.log.debug("connection %s not defined (%s); using the default URL", self.certrisk_conn_id, exc)
+            self.log.debug(
+                "connection %s not defined (%s); using the default URL", self.certrisk_conn_id, exc
+            )
             self._embedded_default = True
             return make_url(default_db_url())
         extra = conn.extra_dejson or {}

@@ -19,11 +19,15 @@ def load_reference(lp: LoadedPolicy) -> Batch:
     if key not in _REFERENCES:
         pol = lp.policy
         _REFERENCES.clear()
-        _REFERENCES[key] = load_batch(path, spec=pol.data, n_features=pol.model.n_features, batch_id="reference")
+        _REFERENCES[key] = load_batch(
+            path, spec=pol.data, n_features=pol.model.n_features, batch_id="reference"
+        )
     return _REFERENCES[key]
 
 
-def read_staged_batch(lp: LoadedPolicy, batch: dict, *, start: int | None = None, stop: int | None = None) -> Batch:
+def read_staged_batch(
+    lp: LoadedPolicy, batch: dict, *, start: int | None = None, stop: int | None = None
+) -> Batch:
     """The batch a ValidateBatchOperator staged (its returned dict), optionally rows [start, stop)."""
     frame = read_parquet(batch["batch_path"])
     if start is not None or stop is not None:
@@ -45,4 +49,6 @@ def reference_sample(reference: Batch, max_size: int | None, *, seed: int = 0) -
         return reference
     rows = np.sort(np.random.default_rng(seed).choice(len(reference), size=max_size, replace=False))
     labels = None if reference.labels is None else reference.labels[rows]
-    return Batch(reference.batch_id, reference.ids[rows], reference.features[rows], reference.feature_names, labels)
+    return Batch(
+        reference.batch_id, reference.ids[rows], reference.features[rows], reference.feature_names, labels
+    )

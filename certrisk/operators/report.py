@@ -58,12 +58,22 @@ class ComplianceReportOperator(CertriskOperator):
         dag_run = context["dag_run"]
         edition = Edition(str(self.edition))
         try:
-            report = build_run_report(self.hook.get_store(), dag_run.run_id, dag_id=dag_run.dag_id, edition=edition)
+            report = build_run_report(
+                self.hook.get_store(), dag_run.run_id, dag_id=dag_run.dag_id, edition=edition
+            )
             root = self.run_dir(context)
-            paths = {fmt: self._write(report, root / f"report-{edition.value}.{fmt}", fmt) for fmt in self.formats}
+            paths = {
+                fmt: self._write(report, root / f"report-{edition.value}.{fmt}", fmt) for fmt in self.formats
+            }
         except Exception as exc:  # noqa: BLE001 - a report is a side path: warn, never fail the run
-            self.log.warning("report: the %s report of %s/%s failed: %s: %s", edition.value, dag_run.dag_id,
-                             dag_run.run_id, type(exc).__name__, exc)
+            self.log.warning(
+                "report: the %s report of %s/%s failed: %s: %s",
+                edition.value,
+                dag_run.dag_id,
+                dag_run.run_id,
+                type(exc).__name__,
+                exc,
+            )
             return {"status": "failed", "edition": edition.value, "error": f"{type(exc).__name__}: {exc}"}
         self.log.info("report: %s edition written: %s", edition.value, ", ".join(paths.values()))
         return {"status": "written", "edition": edition.value, "tier": report.tier, **paths}

@@ -23,7 +23,12 @@ class RiskScoreOperator(CertriskOperator):
     """
 
     template_fields: Sequence[str] = (
-        *CertriskOperator.template_fields, "batch", "certified", "rules", "drift", "context_result",
+        *CertriskOperator.template_fields,
+        "batch",
+        "certified",
+        "rules",
+        "drift",
+        "context_result",
     )
 
     def __init__(
@@ -87,7 +92,10 @@ class RiskScoreOperator(CertriskOperator):
         }
         self.log.info(
             "risk: batch tier %s; mean risk %.3f; abstention %.1f%%; tiers %s; reasons: %s",
-            out["tier"], out["mean_risk"], 100 * out["abstention_rate"], summary.get("tier_counts"),
+            out["tier"],
+            out["mean_risk"],
+            100 * out["abstention_rate"],
+            summary.get("tier_counts"),
             "; ".join(out["reasons"]) or "none",
         )
         return out

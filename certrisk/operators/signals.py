@@ -43,7 +43,9 @@ class RuleCheckOperator(_BatchOperator):
         batch = read_staged_batch(lp, self.batch)
         reference = load_reference(lp)
         expectations = build_expectations(
-            lp.policy.rules, reference.to_frame().drop(columns=["label"], errors="ignore"), reference.feature_names
+            lp.policy.rules,
+            reference.to_frame().drop(columns=["label"], errors="ignore"),
+            reference.feature_names,
         )
         results = check_rules(batch.to_frame(), expectations)
         root = self.run_dir(context)
@@ -56,7 +58,9 @@ class RuleCheckOperator(_BatchOperator):
         }
         self.log.info(
             "rules: %d expectations, %d failed, %.1f%% of samples passed every row rule",
-            out["n_expectations"], out["failed_expectations"], 100 * out["pass_rate"],
+            out["n_expectations"],
+            out["failed_expectations"],
+            100 * out["pass_rate"],
         )
         return out
 
@@ -94,7 +98,10 @@ class DriftOperator(_BatchOperator):
         }
         self.log.info(
             "drift: %s (%d of %d tests rejected at corrected alpha %.3g)",
-            "detected" if out["drift"] else "not detected", out["n_rejected"], out["n_tests"], pol.drift.alpha,
+            "detected" if out["drift"] else "not detected",
+            out["n_rejected"],
+            out["n_tests"],
+            pol.drift.alpha,
         )
         return out
 
@@ -138,10 +145,14 @@ class ContextOperator(CertriskOperator):
             def reference_certificates(spec=spec, method=method, computed=computed):
                 nonlocal loaded
                 if "cert" not in computed:
-                    loaded = loaded or load_model(pol.model, lp.model_path, device=self.device or pol.certification.device)
+                    loaded = loaded or load_model(
+                        pol.model, lp.model_path, device=self.device or pol.certification.device
+                    )
                     x = torch.as_tensor(reference.inputs(pol.model.input_shape))
                     seeds = derive_seeds("reference", reference.ids, method)
-                    computed["cert"] = certify_with_spec(loaded.module, x, spec, seeds=seeds, device=loaded.device)
+                    computed["cert"] = certify_with_spec(
+                        loaded.module, x, spec, seeds=seeds, device=loaded.device
+                    )
                 return computed["cert"]
 
             key = {
@@ -150,14 +161,19 @@ class ContextOperator(CertriskOperator):
                 "reference": batch_sha256(reference),
                 "method": method,
             }
-            ref_radius = cached_reference_radii({**key, "field": "radius"}, lambda f=reference_certificates: f().radius)
+            ref_radius = cached_reference_radii(
+                {**key, "field": "radius"}, lambda f=reference_certificates: f().radius
+            )
             ref_abstained = cached_reference_radii(
-                {**key, "field": "abstained"}, lambda f=reference_certificates: f().abstained.astype(np.float64)
+                {**key, "field": "abstained"},
+                lambda f=reference_certificates: f().abstained.astype(np.float64),
             ).astype(bool)
             ref_stats[method] = {
                 "abstention_rate": float(ref_abstained.mean()),
                 "n_reference": len(ref_radius),
-                "median_radius": float(np.median(ref_radius[~ref_abstained])) if (~ref_abstained).any() else 0.0,
+                "median_radius": float(np.median(ref_radius[~ref_abstained]))
+                if (~ref_abstained).any()
+                else 0.0,
             }
             frames.append(
                 certificate_context(
@@ -183,6 +199,8 @@ class ContextOperator(CertriskOperator):
         }
         self.log.info(
             "context: %d rows; reference abstention %.1f%% over %d reference samples",
-            len(frame), 100 * out["reference_abstention_rate"], out["n_reference"],
+            len(frame),
+            100 * out["reference_abstention_rate"],
+            out["n_reference"],
         )
         return out

@@ -44,7 +44,12 @@ class ValidateBatchOperator(CertriskOperator):
         )
         frame = batch.to_frame()
         path = write_parquet(self.run_dir(context) / "batch.parquet", frame)
-        self.log.info("validated batch %s: %d samples x %d features", batch.batch_id, len(batch), len(batch.feature_names))
+        self.log.info(
+            "validated batch %s: %d samples x %d features",
+            batch.batch_id,
+            len(batch),
+            len(batch.feature_names),
+        )
         return {
             "batch_path": path,
             "batch_id": batch.batch_id,

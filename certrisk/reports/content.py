@@ -180,8 +180,14 @@ def crosswalk(evidence: pd.DataFrame, *, not_measured: str = "") -> tuple[Table,
             have_rows.append([sid, sub.text, "; ".join(by_id[sid]), gap or "-"])
         elif sid in possible:
             missing_rows.append(
-                [sid, sub.text, (f"certrisk evidences this with {', '.join(possible[sid])} evidence, which this run "
-                 "did not record")]
+                [
+                    sid,
+                    sub.text,
+                    (
+                        f"certrisk evidences this with {', '.join(possible[sid])} evidence, which this run "
+                        "did not record"
+                    ),
+                ]
             )
         else:
             missing_rows.append([sid, sub.text, unevidenced_note(sid)])
@@ -224,8 +230,10 @@ def _tier_section(data: RunData) -> Section:
         "tier",
         "Batch tier and reasons",
         paragraphs=[
-            (f"Batch tier {run['tier']} for {run['n_samples']} samples of batch {run['batch']} "
-            f"(model {run['model']}, recorded {fmt_time(run['recorded_at'])}).")
+            (
+                f"Batch tier {run['tier']} for {run['n_samples']} samples of batch {run['batch']} "
+                f"(model {run['model']}, recorded {fmt_time(run['recorded_at'])})."
+            )
         ],
         bullets=reasons,
         notes=["Tier low means no factor of the score fired; it is not evidence that a sample is benign."],
@@ -241,7 +249,8 @@ def _distribution_section(data: RunData) -> Section:
     risk = s["risk"].to_numpy(dtype=float)
     quant = np.quantile(risk, [0.5, 0.9, 0.99]) if len(risk) else [np.nan] * 3
     factor_rows = [
-        [f, fmt_pct(shares[f]), fmt_num(float(s[f"factor_{f}"].mean()) if len(s) else np.nan)] for f in FACTORS
+        [f, fmt_pct(shares[f]), fmt_num(float(s[f"factor_{f}"].mean()) if len(s) else np.nan)]
+        for f in FACTORS
     ]
     return Section(
         "distribution",
@@ -249,18 +258,29 @@ def _distribution_section(data: RunData) -> Section:
         facts=[
             ("Mean risk", fmt_num(data.run["mean_risk"])),
             ("Median / 90th / 99th percentile", " / ".join(fmt_num(q) for q in quant)),
-            ("Samples at high or critical", f"{counts['high'] + counts['critical']} ({fmt_pct((counts['high'] + counts['critical']) / n)})"),
+            (
+                "Samples at high or critical",
+                f"{counts['high'] + counts['critical']} ({fmt_pct((counts['high'] + counts['critical']) / n)})",
+            ),
         ],
         figures=[
             Figure("Samples per tier", plots.tier_counts(counts), "bar chart of samples per risk tier"),
-            Figure("Risk distribution", plots.risk_distribution(risk, s["tier"].to_numpy(dtype=object)),
-                   "histogram of per-sample risk stacked by tier"),
-            Figure("Risk factors", plots.factor_prevalence(shares), "share of samples per contributing factor"),
+            Figure(
+                "Risk distribution",
+                plots.risk_distribution(risk, s["tier"].to_numpy(dtype=object)),
+                "histogram of per-sample risk stacked by tier",
+            ),
+            Figure(
+                "Risk factors", plots.factor_prevalence(shares), "share of samples per contributing factor"
+            ),
         ],
         tables=[
             Table(["Tier", "Samples", "Share"], rows, caption="Samples per tier", tier_column=0),
-            Table(["Factor", "Samples where it contributes", "Mean contribution"], factor_rows,
-                  caption="Risk factors (contributions sum to each sample's risk)"),
+            Table(
+                ["Factor", "Samples where it contributes", "Mean contribution"],
+                factor_rows,
+                caption="Risk factors (contributions sum to each sample's risk)",
+            ),
         ],
     )
 
@@ -270,9 +290,11 @@ def _abstention_section(data: RunData, policy) -> Section:
     k = round(float(run["abstention_rate"]) * int(run["n_samples"]))
     facts = [("Abstention rate", f"{fmt_pct(run['abstention_rate'])} ({k} of {run['n_samples']} samples)")]
     paragraphs = [
-        ("Abstention (no certificate at the policy's noise and confidence, or certification methods that "
-        "disagree) is the one reliable signal a certificate gives; a rate above the reference's is tested "
-        "one-sided.")
+        (
+            "Abstention (no certificate at the policy's noise and confidence, or certification methods that "
+            "disagree) is the one reliable signal a certificate gives; a rate above the reference's is tested "
+            "one-sided."
+        )
     ]
     if data.summary is not None:
         s = data.summary
@@ -292,9 +314,13 @@ def _abstention_section(data: RunData, policy) -> Section:
         ref, p_value = run.get("reference_abstention_rate"), run.get("abstention_p_value")
         facts.append(("Reference abstention rate", fmt_pct(ref) if _present(ref) else "not recorded"))
         if _present(p_value):
-            facts.append(("p-value (one-sided: batch abstains more often than the reference)", fmt_p(p_value)))
+            facts.append(
+                ("p-value (one-sided: batch abstains more often than the reference)", fmt_p(p_value))
+            )
         detail = _evidence_detail(data.evidence, "abstention")
-        facts.append(("Test against the reference", detail or "not run: no reference abstention rate was recorded"))
+        facts.append(
+            ("Test against the reference", detail or "not run: no reference abstention rate was recorded")
+        )
         elevated = any("abstention elevated" in str(r) for r in run["reasons"])
         facts.append(("Elevated", "yes" if elevated else "no"))
     return Section("abstention", "Abstention against the reference", paragraphs=paragraphs, facts=facts)
@@ -311,19 +337,41 @@ def _drift_section(data: RunData) -> Section:
         d = data.drift_tests
         if len(d):
             rows = [
-                [r.test, r.family, r.feature, fmt_num(r.statistic, 4), fmt_p(r.p_value), fmt_p(r.q_value),
-                 f"{fmt_num(r.effect_size, 3)} ({r.effect_name})", "rejected" if r.drift else "-"]
+                [
+                    r.test,
+                    r.family,
+                    r.feature,
+                    fmt_num(r.statistic, 4),
+                    fmt_p(r.p_value),
+                    fmt_p(r.q_value),
+                    f"{fmt_num(r.effect_size, 3)} ({r.effect_name})",
+                    "rejected" if r.drift else "-",
+                ]
                 for r in d.sort_values(["drift", "q_value"], ascending=[False, True]).itertuples(index=False)
             ]
             sec.tables.append(
-                Table(["Test", "Family", "Feature", "Statistic", "p-value", "Corrected p (q)", "Effect size", "Drift"],
-                      rows, caption="Drift tests, corrected across test families (rejected first)")
+                Table(
+                    [
+                        "Test",
+                        "Family",
+                        "Feature",
+                        "Statistic",
+                        "p-value",
+                        "Corrected p (q)",
+                        "Effect size",
+                        "Drift",
+                    ],
+                    rows,
+                    caption="Drift tests, corrected across test families (rejected first)",
+                )
             )
         else:
             sec.paragraphs.append("No drift test was recorded for this run.")
     else:
-        sec.notes.append("Per-test statistics are in the engineer edition; the compliance views carry the "
-                         "drift flag and the count of rejected tests.")
+        sec.notes.append(
+            "Per-test statistics are in the engineer edition; the compliance views carry the "
+            "drift flag and the count of rejected tests."
+        )
     return sec
 
 
@@ -336,15 +384,22 @@ def _rules_section(data: RunData) -> Section:
     if detail:
         sec.facts.append(("Expectations", detail))
     if data.rule_expectations is not None and len(data.rule_expectations):
-        observed = "observed_value" in data.rule_expectations.columns  # the compliance view has no observed values
+        observed = (
+            "observed_value" in data.rule_expectations.columns
+        )  # the compliance view has no observed values
         rows = [
             [r.expectation, r.severity, r.level, "passed" if r.success else "failed", str(r.unexpected_count)]
             + ([str(r.observed_value)[:60]] if observed else [str(r.column)])
             for r in data.rule_expectations.sort_values("success").itertuples(index=False)
         ]
         last = "Observed" if observed else "Column"
-        sec.tables.append(Table(["Expectation", "Severity", "Level", "Result", "Unexpected", last], rows,
-                                caption="Rule expectations (failed first)"))
+        sec.tables.append(
+            Table(
+                ["Expectation", "Severity", "Level", "Result", "Unexpected", last],
+                rows,
+                caption="Rule expectations (failed first)",
+            )
+        )
     elif data.rule_expectations is None:
         sec.notes.append("Per-expectation results are in the engineer edition.")
     return sec
@@ -367,16 +422,29 @@ def _samples_section(data: RunData) -> tuple[Section, pd.DataFrame]:
     if engineer:
         cols += ["Prediction (base)"]
         methods = sorted(data.certificates["method"].unique()) if certs is not None else []
-        norms = dict(zip(data.certificates["method"], data.certificates["norm"], strict=False)) if certs is not None else {}
-        bounded = [m for m in methods if certs is not None and f"p_lower_{m}" in certs and certs[f"p_lower_{m}"].notna().any()]
+        norms = (
+            dict(zip(data.certificates["method"], data.certificates["norm"], strict=False))
+            if certs is not None
+            else {}
+        )
+        bounded = [
+            m
+            for m in methods
+            if certs is not None and f"p_lower_{m}" in certs and certs[f"p_lower_{m}"].notna().any()
+        ]
         cols += [f"Radius {m} ({norms.get(m, '')})" for m in methods] + [f"p_lower {m}" for m in bounded]
         merged = s.merge(certs, on="sample_id", how="left") if certs is not None else s
     else:
         methods, merged = [], s
     rows = []
     for _, r in merged.head(TOP_SAMPLES).iterrows():
-        row = [str(r["sample_id"]), str(r["tier"]), fmt_num(r["risk"]),
-               "abstained" if bool(r["abstained"]) else "certified", leading_factors(r)]
+        row = [
+            str(r["sample_id"]),
+            str(r["tier"]),
+            fmt_num(r["risk"]),
+            "abstained" if bool(r["abstained"]) else "certified",
+            leading_factors(r),
+        ]
         if engineer:
             row.append(f"{int(r['prediction'])} ({int(r['base_prediction'])})")
             row += [fmt_num(r.get(f"radius_{m}"), 4) for m in methods]
@@ -386,14 +454,18 @@ def _samples_section(data: RunData) -> tuple[Section, pd.DataFrame]:
         "samples",
         "Top-risk samples",
         paragraphs=[
-            (f"The {min(TOP_SAMPLES, len(s))} riskiest of {len(s)} samples, with the factors that contribute most "
-            "to each risk. The CSV format lists every sample.")
+            (
+                f"The {min(TOP_SAMPLES, len(s))} riskiest of {len(s)} samples, with the factors that contribute most "
+                "to each risk. The CSV format lists every sample."
+            )
         ],
         tables=[Table(cols, rows, tier_column=1)],
     )
     if not engineer:
-        sec.notes.append("Certificate shows whether the sample obtained a certificate; certified radii and "
-                         "confidence bounds are withheld from this edition.")
+        sec.notes.append(
+            "Certificate shows whether the sample obtained a certificate; certified radii and "
+            "confidence bounds are withheld from this edition."
+        )
     # CSV frame: every sample, compliance columns; the engineer edition adds its certificate columns
     base = ["sample_id", "tier", "risk", "abstained", *(f"factor_{f}" for f in FACTORS), "top_factors"]
     frame = merged[base + (["prediction", "base_prediction"] if engineer else [])].copy()
@@ -414,20 +486,42 @@ def _methods_section(data: RunData) -> Section:
         costs = data.method_costs
         if costs is not None and len(costs):
             rows = [
-                [str(r.method), f"{int(r.n_samples):,}", fmt_pct(r.share_certified), fmt_pct(r.share_abstained),
-                 f"{1000 * r.total_seconds / int(r.n_samples):.2f} ms" if _present(r.total_seconds) else "n/a",
-                 f"{r.total_seconds:.2f} s" if _present(r.total_seconds) else "n/a",
-                 fmt_bytes(r.peak_bytes) if _present(r.peak_bytes) else "n/a",
-                 f"{int(r.forward_passes) / int(r.n_samples):,.0f}" if _present(r.forward_passes) else "n/a"]
+                [
+                    str(r.method),
+                    f"{int(r.n_samples):,}",
+                    fmt_pct(r.share_certified),
+                    fmt_pct(r.share_abstained),
+                    f"{1000 * r.total_seconds / int(r.n_samples):.2f} ms"
+                    if _present(r.total_seconds)
+                    else "n/a",
+                    f"{r.total_seconds:.2f} s" if _present(r.total_seconds) else "n/a",
+                    fmt_bytes(r.peak_bytes) if _present(r.peak_bytes) else "n/a",
+                    f"{int(r.forward_passes) / int(r.n_samples):,.0f}"
+                    if _present(r.forward_passes)
+                    else "n/a",
+                ]
                 for r in costs.itertuples(index=False)
             ]
             sec.paragraphs.append(
                 "What each method costs on this batch: wall time amortised per sample, the batch's peak "
                 "memory, forward passes per sample, and the shares of samples certified and abstained."
             )
-            sec.tables.append(Table(
-                ["Method", "Samples", "Certified", "Abstained", "Time / sample", "Total time", "Peak memory",
-                 "Forward passes / sample"], rows, caption="Resource comparison of the certification methods"))
+            sec.tables.append(
+                Table(
+                    [
+                        "Method",
+                        "Samples",
+                        "Certified",
+                        "Abstained",
+                        "Time / sample",
+                        "Total time",
+                        "Peak memory",
+                        "Forward passes / sample",
+                    ],
+                    rows,
+                    caption="Resource comparison of the certification methods",
+                )
+            )
         else:
             sec.notes.append("Per-method time, memory and forward passes are in the engineer edition.")
         return sec
@@ -436,21 +530,50 @@ def _methods_section(data: RunData) -> Section:
         return sec
     rows = []
     for method, g in c.groupby("method", sort=True):
-        rows.append([
-            str(method), str(g["norm"].iloc[0]), str(len(g)), fmt_pct(1.0 - g["abstained"].astype(bool).mean()),
-            f"{1000 * g['seconds'].mean():.2f} ms", f"{g['seconds'].sum():.2f} s", fmt_bytes(g["peak_bytes"].max()),
-            f"{g['n_forward'].mean():,.0f}", ", ".join(sorted(set(g["device"].astype(str)))),
-            fmt_num(float(g.loc[~g["abstained"].astype(bool), "radius"].median()) if (~g["abstained"].astype(bool)).any()
-                    else float("nan"), 4),
-        ])
+        rows.append(
+            [
+                str(method),
+                str(g["norm"].iloc[0]),
+                str(len(g)),
+                fmt_pct(1.0 - g["abstained"].astype(bool).mean()),
+                f"{1000 * g['seconds'].mean():.2f} ms",
+                f"{g['seconds'].sum():.2f} s",
+                fmt_bytes(g["peak_bytes"].max()),
+                f"{g['n_forward'].mean():,.0f}",
+                ", ".join(sorted(set(g["device"].astype(str)))),
+                fmt_num(
+                    float(g.loc[~g["abstained"].astype(bool), "radius"].median())
+                    if (~g["abstained"].astype(bool)).any()
+                    else float("nan"),
+                    4,
+                ),
+            ]
+        )
     sec.paragraphs.append(
         "What each method costs and what it yields on this batch: wall time amortised per sample, the "
         "batch's peak memory, forward passes per sample, and the share of samples certified."
     )
-    sec.tables.append(Table(
-        ["Method", "Norm", "Samples", "Certified", "Time / sample", "Total time", "Peak memory", "Forward passes / sample",
-         "Device", "Median radius"], rows, caption="Resource comparison of the certification methods"))
-    sec.figures.append(Figure("Certified radii", plots.radius_histograms(c), "histograms of certified radii per method"))
+    sec.tables.append(
+        Table(
+            [
+                "Method",
+                "Norm",
+                "Samples",
+                "Certified",
+                "Time / sample",
+                "Total time",
+                "Peak memory",
+                "Forward passes / sample",
+                "Device",
+                "Median radius",
+            ],
+            rows,
+            caption="Resource comparison of the certification methods",
+        )
+    )
+    sec.figures.append(
+        Figure("Certified radii", plots.radius_histograms(c), "histograms of certified radii per method")
+    )
     return sec
 
 
@@ -463,13 +586,34 @@ def _limitations_section(data: RunData, policy) -> Section:
         rows = []
         for m in policy.certification.methods:
             if isinstance(m, SmoothingSpec):
-                rows.append([m.method.value, m.norm.value, f"sigma = {m.sigma}", f"alpha = {m.alpha}", f"n0 = {m.n0}, n = {m.n}"])
+                rows.append(
+                    [
+                        m.method.value,
+                        m.norm.value,
+                        f"sigma = {m.sigma}",
+                        f"alpha = {m.alpha}",
+                        f"n0 = {m.n0}, n = {m.n}",
+                    ]
+                )
             elif isinstance(m, IBPSpec):
-                rows.append([m.method.value, m.norm.value, f"eps = {m.eps if m.eps is not None else 'searched'}", "-", "-"])
+                rows.append(
+                    [
+                        m.method.value,
+                        m.norm.value,
+                        f"eps = {m.eps if m.eps is not None else 'searched'}",
+                        "-",
+                        "-",
+                    ]
+                )
             else:
                 rows.append([m.method.value, m.norm.value, "-", "-", "-"])
-        sec.tables.append(Table(["Method", "Norm", "Noise / eps", "Confidence", "Samples"], rows,
-                                caption="Certification parameters of the recorded policy"))
+        sec.tables.append(
+            Table(
+                ["Method", "Norm", "Noise / eps", "Confidence", "Samples"],
+                rows,
+                caption="Certification parameters of the recorded policy",
+            )
+        )
     return sec
 
 
@@ -479,8 +623,12 @@ def _crosswalk_section(data: RunData) -> Section:
     return Section(
         "crosswalk",
         "NIST AI RMF crosswalk",
-        paragraphs=[(f"Source: {catalog_source()}. Evidence is what this run recorded; MEASURE 1.1 lists what it did "
-                    "not measure.")],
+        paragraphs=[
+            (
+                f"Source: {catalog_source()}. Evidence is what this run recorded; MEASURE 1.1 lists what it did "
+                "not measure."
+            )
+        ],
         tables=[have, missing],
     )
 
@@ -489,8 +637,13 @@ def _provenance_section(data: RunData, policy) -> Section:
     run = data.run
     facts = [
         ("certrisk version", str(run["package_version"])),
-        ("DAG and run", (f"{run['dag_id']} / {run['run_id']} (revision {run['revision']}"
-                        f"{'' if run['is_current'] else ', superseded'})")),
+        (
+            "DAG and run",
+            (
+                f"{run['dag_id']} / {run['run_id']} (revision {run['revision']}"
+                f"{'' if run['is_current'] else ', superseded'})"
+            ),
+        ),
         ("Batch", str(run["batch"])),
         ("Created / recorded", f"{fmt_time(run['created_at'])} / {fmt_time(run['recorded_at'])}"),
         ("Model", f"{run['model']} sha256 {run['model_sha256']}"),
@@ -584,40 +737,80 @@ def period_report(data: PeriodData, *, generated_at: datetime | None = None) -> 
     n_runs = len(runs)
     flagged = runs.loc[runs["tier"].isin([Tier.HIGH.value, Tier.CRITICAL.value])]
     n_samples = int(runs["n_samples"].sum()) if n_runs else 0
-    abst = float((runs["abstention_rate"] * runs["n_samples"]).sum() / n_samples) if n_samples else float("nan")
-    mean_risk = float((runs["mean_risk"] * runs["n_samples"]).sum() / n_samples) if n_samples else float("nan")
+    abst = (
+        float((runs["abstention_rate"] * runs["n_samples"]).sum() / n_samples) if n_samples else float("nan")
+    )
+    mean_risk = (
+        float((runs["mean_risk"] * runs["n_samples"]).sum() / n_samples) if n_samples else float("nan")
+    )
     scope = f"model {data.model}" if data.model else "all models"
     covered = sorted(set(data.evidence_by_run["subcategory_id"]))
     total = len(catalog())
 
     trend_rows = [
-        [str(r.day), r.model, str(r.n_runs), f"{int(r.n_samples):,}", fmt_pct(r.abstention_rate), fmt_num(r.mean_risk),
-         r.worst_tier]
+        [
+            str(r.day),
+            r.model,
+            str(r.n_runs),
+            f"{int(r.n_samples):,}",
+            fmt_pct(r.abstention_rate),
+            fmt_num(r.mean_risk),
+            r.worst_tier,
+        ]
         for r in trend.itertuples(index=False)
     ]
     trends = Section(
         "trends",
         "Daily trends",
         paragraphs=[f"{n_runs} runs of {scope} between {fmt_time(data.since)} and {fmt_time(data.until)}."],
-        figures=[Figure("Daily abstention rate and mean risk", plots.daily_trend(trend),
-                        "daily abstention rate and mean risk")] if len(trend) else [],
-        tables=[Table(["Day (UTC)", "Model", "Runs", "Samples", "Abstention rate", "Mean risk", "Worst tier"],
-                      trend_rows, caption="Per day, sample-weighted over current runs", tier_column=6)],
+        figures=[
+            Figure(
+                "Daily abstention rate and mean risk",
+                plots.daily_trend(trend),
+                "daily abstention rate and mean risk",
+            )
+        ]
+        if len(trend)
+        else [],
+        tables=[
+            Table(
+                ["Day (UTC)", "Model", "Runs", "Samples", "Abstention rate", "Mean risk", "Worst tier"],
+                trend_rows,
+                caption="Per day, sample-weighted over current runs",
+                tier_column=6,
+            )
+        ],
     )
     if not len(trend):
         trends.paragraphs.append("No run was recorded in this period.")
     flagged_rows = [
-        [fmt_time(r.created_at), r.dag_id, r.run_id, r.tier, f"{int(r.n_samples):,}", fmt_pct(r.abstention_rate),
-         fmt_num(r.mean_risk), "; ".join(str(x) for x in (r.reasons or [])[:2]) or "-"]
+        [
+            fmt_time(r.created_at),
+            r.dag_id,
+            r.run_id,
+            r.tier,
+            f"{int(r.n_samples):,}",
+            fmt_pct(r.abstention_rate),
+            fmt_num(r.mean_risk),
+            "; ".join(str(x) for x in (r.reasons or [])[:2]) or "-",
+        ]
         for r in flagged.itertuples(index=False)
     ]
     flagged_sec = Section(
         "flagged",
         "Runs at high or critical tier",
         paragraphs=[f"{len(flagged)} of {n_runs} runs reached tier high or critical."],
-        figures=[Figure("Runs per day by batch tier", plots.runs_by_tier(runs), "runs per day by tier")] if n_runs else [],
-        tables=[Table(["Created", "DAG", "Run", "Tier", "Samples", "Abstention", "Mean risk", "Reasons"], flagged_rows,
-                      tier_column=3, widths=[0.13, 0.12, 0.14, 0.07, 0.07, 0.08, 0.07, 0.32])],
+        figures=[Figure("Runs per day by batch tier", plots.runs_by_tier(runs), "runs per day by tier")]
+        if n_runs
+        else [],
+        tables=[
+            Table(
+                ["Created", "DAG", "Run", "Tier", "Samples", "Abstention", "Mean risk", "Reasons"],
+                flagged_rows,
+                tier_column=3,
+                widths=[0.13, 0.12, 0.14, 0.07, 0.07, 0.08, 0.07, 0.32],
+            )
+        ],
     )
     per_day = _coverage_per_day(data.evidence_by_run)
     by_fn: dict[str, list[int]] = {}
@@ -634,37 +827,80 @@ def period_report(data: PeriodData, *, generated_at: datetime | None = None) -> 
         "coverage",
         "NIST AI RMF coverage over time",
         facts=[(fn, f"{have} of {n} subcategories evidenced") for fn, (have, n) in by_fn.items()],
-        figures=[Figure("Subcategories evidenced", plots.rmf_coverage_over_time(per_day, total),
-                        "NIST AI RMF subcategories evidenced per day")],
-        tables=[Table(["Subcategory", "NIST AI RMF 1.0 Core", "Runs (all time)", "Evidence", "Last evidenced"], cov_rows,
-                      caption=f"{len(covered)} of {total} subcategories evidenced in the period",
-                      widths=[0.1, 0.45, 0.08, 0.2, 0.17])],
+        figures=[
+            Figure(
+                "Subcategories evidenced",
+                plots.rmf_coverage_over_time(per_day, total),
+                "NIST AI RMF subcategories evidenced per day",
+            )
+        ],
+        tables=[
+            Table(
+                ["Subcategory", "NIST AI RMF 1.0 Core", "Runs (all time)", "Evidence", "Last evidenced"],
+                cov_rows,
+                caption=f"{len(covered)} of {total} subcategories evidenced in the period",
+                widths=[0.1, 0.45, 0.08, 0.2, 0.17],
+            )
+        ],
         notes=["Subcategories without evidence are left to people; each run report's crosswalk says why."],
     )
     sections = [trends, flagged_sec, coverage]
     if data.edition is Edition.ENGINEER and data.radius_by_run is not None:
         r = data.radius_by_run
         rows = []
-        for (created, run_id, method, norm), g in r.groupby(["created_at", "run_id", "method", "norm"], sort=True):
+        for (created, run_id, method, norm), g in r.groupby(
+            ["created_at", "run_id", "method", "norm"], sort=True
+        ):
             cert = g.loc[~g["abstained"]]
-            rows.append([fmt_time(created), str(run_id), str(method), str(norm), fmt_pct(len(cert) / len(g)),
-                         fmt_num(cert["radius"].quantile(0.1) if len(cert) else float("nan"), 4),
-                         fmt_num(cert["radius"].median() if len(cert) else float("nan"), 4),
-                         fmt_num(cert["p_lower"].median() if len(cert) else float("nan"), 4)])
-        sections.append(Section(
-            "radii", "Certified radii per run",
-            tables=[Table(["Created", "Run", "Method", "Norm", "Certified", "Radius p10", "Radius median",
-                           "p_lower median"], rows, caption="Certified samples only; radii in each method's norm")],
-        ))
+            rows.append(
+                [
+                    fmt_time(created),
+                    str(run_id),
+                    str(method),
+                    str(norm),
+                    fmt_pct(len(cert) / len(g)),
+                    fmt_num(cert["radius"].quantile(0.1) if len(cert) else float("nan"), 4),
+                    fmt_num(cert["radius"].median() if len(cert) else float("nan"), 4),
+                    fmt_num(cert["p_lower"].median() if len(cert) else float("nan"), 4),
+                ]
+            )
+        sections.append(
+            Section(
+                "radii",
+                "Certified radii per run",
+                tables=[
+                    Table(
+                        [
+                            "Created",
+                            "Run",
+                            "Method",
+                            "Norm",
+                            "Certified",
+                            "Radius p10",
+                            "Radius median",
+                            "p_lower median",
+                        ],
+                        rows,
+                        caption="Certified samples only; radii in each method's norm",
+                    )
+                ],
+            )
+        )
     a = data.audit
     status = ("intact" if a.ok else "BROKEN") if a.checked else "not checked"
-    sections.append(Section("provenance", "Provenance", facts=[
-        ("certrisk version", certrisk.__version__),
-        ("Period", f"{data.days} days: {fmt_time(data.since)} to {fmt_time(data.until)}"),
-        ("Scope", scope),
-        ("Audit chain", f"{status}: {a.message}"),
-        *([("Audit chain head", a.head)] if a.head else []),
-    ]))
+    sections.append(
+        Section(
+            "provenance",
+            "Provenance",
+            facts=[
+                ("certrisk version", certrisk.__version__),
+                ("Period", f"{data.days} days: {fmt_time(data.since)} to {fmt_time(data.until)}"),
+                ("Scope", scope),
+                ("Audit chain", f"{status}: {a.message}"),
+                *([("Audit chain head", a.head)] if a.head else []),
+            ],
+        )
+    )
     headline = [
         ("Runs", str(n_runs)),
         ("High or critical runs", str(len(flagged))),
@@ -674,8 +910,20 @@ def period_report(data: PeriodData, *, generated_at: datetime | None = None) -> 
         ("RMF subcategories evidenced", f"{len(covered)} of {total}"),
     ]
     worst = max((Tier(t) for t in runs["tier"]), default=None) if n_runs else None
-    frame = runs[["created_at", "dag_id", "run_id", "revision", "model", "n_samples", "abstention_rate", "mean_risk",
-                  "tier", "drift"]].copy()
+    frame = runs[
+        [
+            "created_at",
+            "dag_id",
+            "run_id",
+            "revision",
+            "model",
+            "n_samples",
+            "abstention_rate",
+            "mean_risk",
+            "tier",
+            "drift",
+        ]
+    ].copy()
     frame["reasons"] = [";".join(str(x) for x in (v or [])) for v in runs["reasons"]]
     return Report(
         kind="period",

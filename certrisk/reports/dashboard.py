@@ -78,9 +78,19 @@ def _problem_page(app: FastAPI, request: Request, exc: Exception) -> HTMLRespons
         if missing
         else "Check CERTRISK_DB_URL and that the schema is migrated (`certrisk db upgrade`)."
     )
-    html = environment().get_template("dashboard.html.j2").render(
-        css=Markup(stylesheet()), message_title=title, message=str(exc), hint=hint, db=_db_label(app),
-        version=certrisk.__version__, generated=fmt_time(datetime.now(UTC)), root=request.scope.get("root_path", ""),
+    html = (
+        environment()
+        .get_template("dashboard.html.j2")
+        .render(
+            css=Markup(stylesheet()),
+            message_title=title,
+            message=str(exc),
+            hint=hint,
+            db=_db_label(app),
+            version=certrisk.__version__,
+            generated=fmt_time(datetime.now(UTC)),
+            root=request.scope.get("root_path", ""),
+        )
     )
     return HTMLResponse(html, status_code=503)
 
@@ -98,9 +108,15 @@ def _overview(app: FastAPI, request: Request, days: int) -> str:
     coverage = store.rmf_coverage()
     rows = [
         {
-            "created": fmt_time(r.created_at), "model": r.model, "dag_id": r.dag_id, "run_id": r.run_id,
-            "tier": r.tier, "n_samples": f"{int(r.n_samples):,}", "abstention": fmt_pct(r.abstention_rate),
-            "mean_risk": fmt_num(r.mean_risk), "drift": "detected" if r.drift else "-",
+            "created": fmt_time(r.created_at),
+            "model": r.model,
+            "dag_id": r.dag_id,
+            "run_id": r.run_id,
+            "tier": r.tier,
+            "n_samples": f"{int(r.n_samples):,}",
+            "abstention": fmt_pct(r.abstention_rate),
+            "mean_risk": fmt_num(r.mean_risk),
+            "drift": "detected" if r.drift else "-",
             "reason": str((r.reasons or ["-"])[0]),
         }
         for r in runs.itertuples(index=False)
@@ -127,10 +143,24 @@ def _overview(app: FastAPI, request: Request, days: int) -> str:
         ("Models", str(period["model"].nunique())),
         ("RMF subcategories evidenced", f"{int(coverage['covered'].sum())} of {len(catalog())}"),
     ]
-    return environment().get_template("dashboard.html.j2").render(
-        css=Markup(stylesheet()), message=None, db=_db_label(app), kpis=kpis, runs=rows, models=models, days=days,
-        rmf=list(rmf.items()), covered=int(coverage["covered"].sum()), total=len(catalog()),
-        version=certrisk.__version__, generated=fmt_time(datetime.now(UTC)), root=request.scope.get("root_path", ""),
+    return (
+        environment()
+        .get_template("dashboard.html.j2")
+        .render(
+            css=Markup(stylesheet()),
+            message=None,
+            db=_db_label(app),
+            kpis=kpis,
+            runs=rows,
+            models=models,
+            days=days,
+            rmf=list(rmf.items()),
+            covered=int(coverage["covered"].sum()),
+            total=len(catalog()),
+            version=certrisk.__version__,
+            generated=fmt_time(datetime.now(UTC)),
+            root=request.scope.get("root_path", ""),
+        )
     )
 
 
@@ -165,7 +195,9 @@ def create_app(db_url: str | None = None) -> FastAPI:
         return guarded(request, build)
 
     @app.get("/period", response_class=HTMLResponse)
-    def period_page(request: Request, model: str | None = None, days: int = Query(30, ge=1, le=3650)) -> HTMLResponse:
+    def period_page(
+        request: Request, model: str | None = None, days: int = Query(30, ge=1, le=3650)
+    ) -> HTMLResponse:
         def build():
             report = build_period_report(_store(app), model=model, days=days, edition=Edition.COMPLIANCE)
             return render_html(report, back_link=request.scope.get("root_path", "") + "/")

@@ -36,21 +36,50 @@ LINE = colors.HexColor("#d9dee3")
 
 def _styles() -> dict[str, ParagraphStyle]:
     base = getSampleStyleSheet()
-    body = ParagraphStyle("body", parent=base["BodyText"], fontName="Helvetica", fontSize=9, leading=12,
-                          textColor=INK, alignment=TA_LEFT)
+    body = ParagraphStyle(
+        "body",
+        parent=base["BodyText"],
+        fontName="Helvetica",
+        fontSize=9,
+        leading=12,
+        textColor=INK,
+        alignment=TA_LEFT,
+    )
     return {
-        "title": ParagraphStyle("title", parent=base["Title"], fontName="Helvetica-Bold", fontSize=18, leading=22,
-                                alignment=TA_LEFT, textColor=INK, spaceAfter=2),
+        "title": ParagraphStyle(
+            "title",
+            parent=base["Title"],
+            fontName="Helvetica-Bold",
+            fontSize=18,
+            leading=22,
+            alignment=TA_LEFT,
+            textColor=INK,
+            spaceAfter=2,
+        ),
         "sub": ParagraphStyle("sub", parent=body, textColor=MUTED, fontSize=10),
-        "h2": ParagraphStyle("h2", parent=base["Heading2"], fontName="Helvetica-Bold", fontSize=13, leading=16,
-                             textColor=INK, spaceBefore=10, spaceAfter=4),
+        "h2": ParagraphStyle(
+            "h2",
+            parent=base["Heading2"],
+            fontName="Helvetica-Bold",
+            fontSize=13,
+            leading=16,
+            textColor=INK,
+            spaceBefore=10,
+            spaceAfter=4,
+        ),
         "h3": ParagraphStyle("h3", parent=body, fontName="Helvetica-Bold", fontSize=10, spaceBefore=6),
         "body": body,
         "small": ParagraphStyle("small", parent=body, fontSize=8, leading=10, textColor=MUTED),
         "cell": ParagraphStyle("cell", parent=body, fontSize=7.5, leading=9.2),
         "head": ParagraphStyle("head", parent=body, fontName="Helvetica-Bold", fontSize=7.5, leading=9.2),
-        "note": ParagraphStyle("note", parent=body, fontSize=8.5, backColor=colors.HexColor("#fff8e6"),
-                               borderPadding=5, textColor=colors.HexColor("#3e4c59")),
+        "note": ParagraphStyle(
+            "note",
+            parent=body,
+            fontSize=8.5,
+            backColor=colors.HexColor("#fff8e6"),
+            borderPadding=5,
+            textColor=colors.HexColor("#3e4c59"),
+        ),
     }
 
 
@@ -121,8 +150,16 @@ def render_pdf(report: Report) -> bytes:
     buf = io.BytesIO()
     page = landscape(A4)
     margin = 14 * mm
-    doc = SimpleDocTemplate(buf, pagesize=page, leftMargin=margin, rightMargin=margin, topMargin=margin,
-                            bottomMargin=margin, title=report.title, author=f"certrisk {certrisk.__version__}")
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=page,
+        leftMargin=margin,
+        rightMargin=margin,
+        topMargin=margin,
+        bottomMargin=margin,
+        title=report.title,
+        author=f"certrisk {certrisk.__version__}",
+    )
     width = page[0] - 2 * margin
     story: list = [
         Paragraph(_text(report.title), st["title"]),
@@ -132,25 +169,53 @@ def render_pdf(report: Report) -> bytes:
         Spacer(1, 8),
     ]
     kpi = Table(
-        [[Paragraph(_text(k), st["small"]) for k, _ in report.headline],
-         [Paragraph(f"<b>{_text(v)}</b>", ParagraphStyle("kv", parent=st["body"], fontSize=13, leading=16))
-          for _, v in report.headline]],
+        [
+            [Paragraph(_text(k), st["small"]) for k, _ in report.headline],
+            [
+                Paragraph(
+                    f"<b>{_text(v)}</b>", ParagraphStyle("kv", parent=st["body"], fontSize=13, leading=16)
+                )
+                for _, v in report.headline
+            ],
+        ],
         colWidths=[width / max(len(report.headline), 1)] * len(report.headline),
     )
-    kpi.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 0.4, LINE), ("INNERGRID", (0, 0), (-1, -1), 0.4, LINE),
-                             ("BACKGROUND", (0, 0), (-1, -1), colors.white)]))
+    kpi.setStyle(
+        TableStyle(
+            [
+                ("BOX", (0, 0), (-1, -1), 0.4, LINE),
+                ("INNERGRID", (0, 0), (-1, -1), 0.4, LINE),
+                ("BACKGROUND", (0, 0), (-1, -1), colors.white),
+            ]
+        )
+    )
     story += [kpi, Spacer(1, 6)]
     for s in report.sections:
         head: list = [Paragraph(_text(s.title), st["h2"])]
         head += [Paragraph(_text(p), st["body"]) for p in s.paragraphs]
         if s.bullets:
-            head.append(ListFlowable([ListItem(Paragraph(_text(b), st["body"]), leftIndent=10) for b in s.bullets],
-                                     bulletType="bullet", start="\u2022", leftIndent=10))
+            head.append(
+                ListFlowable(
+                    [ListItem(Paragraph(_text(b), st["body"]), leftIndent=10) for b in s.bullets],
+                    bulletType="bullet",
+                    start="\u2022",
+                    leftIndent=10,
+                )
+            )
         if s.facts:
-            facts = Table([[Paragraph(_text(k), st["small"]), Paragraph(_text(v), st["cell"])] for k, v in s.facts],
-                          colWidths=[0.22 * width, 0.78 * width])
-            facts.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("TOPPADDING", (0, 0), (-1, -1), 1),
-                                       ("BOTTOMPADDING", (0, 0), (-1, -1), 1)]))
+            facts = Table(
+                [[Paragraph(_text(k), st["small"]), Paragraph(_text(v), st["cell"])] for k, v in s.facts],
+                colWidths=[0.22 * width, 0.78 * width],
+            )
+            facts.setStyle(
+                TableStyle(
+                    [
+                        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                        ("TOPPADDING", (0, 0), (-1, -1), 1),
+                        ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
+                    ]
+                )
+            )
             head.append(facts)
         story.append(KeepTogether(head))
         if s.markdown:
@@ -159,7 +224,7 @@ def render_pdf(report: Report) -> bytes:
             per_row = min(len(s.figures), 3)
             cell = width / per_row
             imgs = [_image(f.png, cell - 4) for f in s.figures]
-            rows = [imgs[i:i + per_row] for i in range(0, len(imgs), per_row)]
+            rows = [imgs[i : i + per_row] for i in range(0, len(imgs), per_row)]
             rows[-1] += [""] * (per_row - len(rows[-1]))
             story.append(Table(rows, colWidths=[cell] * per_row))
         for t in s.tables:
@@ -172,8 +237,12 @@ def render_pdf(report: Report) -> bytes:
         canvas.saveState()
         canvas.setFont("Helvetica", 7)
         canvas.setFillColor(MUTED)
-        canvas.drawString(margin, 8 * mm, f"certrisk {certrisk.__version__} | {report.edition.value} edition | "
-                                          f"generated {fmt_time(report.generated_at)}")
+        canvas.drawString(
+            margin,
+            8 * mm,
+            f"certrisk {certrisk.__version__} | {report.edition.value} edition | "
+            f"generated {fmt_time(report.generated_at)}",
+        )
         canvas.drawRightString(page[0] - margin, 8 * mm, f"page {doc_.page}")
         canvas.restoreState()
 

@@ -52,8 +52,16 @@ def tier_counts(counts: dict[str, int]) -> bytes:
     fig, ax = plt.subplots(figsize=(4.2, 2.6))
     bars = ax.bar(tiers, values, color=[TIER_COLORS[t] for t in tiers], width=0.65)
     for bar, v in zip(bars, values, strict=True):
-        ax.annotate(str(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                    fontsize=8, color=INK, xytext=(0, 2), textcoords="offset points")
+        ax.annotate(
+            str(v),
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color=INK,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
     ax.set_ylabel("samples", fontsize=8, color=INK)
     ax.set_title("Samples per tier", fontsize=9, color=INK, loc="left")
     ax.margins(y=0.15)
@@ -89,7 +97,9 @@ def factor_prevalence(shares: dict[str, float]) -> bytes:
     fig, ax = plt.subplots(figsize=(4.6, 2.6))
     ax.barh(names, values, color="#52606d", height=0.6)
     for y, v in enumerate(values):
-        ax.annotate(f"{v:.0f}%", (v, y), va="center", fontsize=7, color=INK, xytext=(3, 0), textcoords="offset points")
+        ax.annotate(
+            f"{v:.0f}%", (v, y), va="center", fontsize=7, color=INK, xytext=(3, 0), textcoords="offset points"
+        )
     ax.set_xlim(0, 110)
     ax.set_xlabel("% of samples where the factor contributes", fontsize=8, color=INK)
     ax.set_title("Risk factors", fontsize=9, color=INK, loc="left")
@@ -102,11 +112,15 @@ def factor_prevalence(shares: dict[str, float]) -> bytes:
 def radius_histograms(certificates: pd.DataFrame) -> bytes:
     """Engineer edition: histogram of certified radii per method (abstentions left out), in each method's norm."""
     methods = list(pd.unique(certificates["method"]))
-    fig, axes = plt.subplots(1, max(len(methods), 1), figsize=(3.4 * max(len(methods), 1), 2.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(methods), 1), figsize=(3.4 * max(len(methods), 1), 2.6), squeeze=False
+    )
     for ax, method in zip(axes[0], methods, strict=False):
         rows = certificates.loc[(certificates["method"] == method) & ~certificates["abstained"].astype(bool)]
         norm = rows["norm"].iloc[0] if len(rows) else ""
-        ax.hist(rows["radius"].to_numpy(dtype=float), bins=20, color="#3e7cb1", edgecolor="white", linewidth=0.4)
+        ax.hist(
+            rows["radius"].to_numpy(dtype=float), bins=20, color="#3e7cb1", edgecolor="white", linewidth=0.4
+        )
         ax.set_title(f"{method}: certified radius ({norm})", fontsize=9, color=INK, loc="left")
         ax.set_xlabel(f"radius ({norm})", fontsize=8, color=INK)
         ax.set_ylabel("samples", fontsize=8, color=INK)
@@ -119,12 +133,30 @@ def daily_trend(trend: pd.DataFrame) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 2.8))
     for model, rows in trend.groupby("model", sort=True):
         days = pd.to_datetime(rows["day"])
-        ax.plot(days, rows["abstention_rate"], marker="o", markersize=3, linewidth=1.4,
-                label=f"abstention rate ({model})", color="#b3261e")
-        ax.plot(days, rows["mean_risk"], marker="s", markersize=3, linewidth=1.4,
-                label=f"mean risk ({model})", color="#3e7cb1")
-    ax.set_ylim(0, max(1e-3, float(np.nanmax(trend[["abstention_rate", "mean_risk"]].to_numpy()) * 1.25)) if len(trend)
-                else 1)
+        ax.plot(
+            days,
+            rows["abstention_rate"],
+            marker="o",
+            markersize=3,
+            linewidth=1.4,
+            label=f"abstention rate ({model})",
+            color="#b3261e",
+        )
+        ax.plot(
+            days,
+            rows["mean_risk"],
+            marker="s",
+            markersize=3,
+            linewidth=1.4,
+            label=f"mean risk ({model})",
+            color="#3e7cb1",
+        )
+    ax.set_ylim(
+        0,
+        max(1e-3, float(np.nanmax(trend[["abstention_rate", "mean_risk"]].to_numpy()) * 1.25))
+        if len(trend)
+        else 1,
+    )
     ax.set_title("Daily abstention rate and mean risk", fontsize=9, color=INK, loc="left")
     ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.autofmt_xdate()
@@ -156,12 +188,26 @@ def rmf_coverage_over_time(per_day: pd.DataFrame, total: int) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
     if len(per_day):
         days = pd.to_datetime(per_day["day"])
-        ax.plot(days, per_day["evidenced"], marker="o", markersize=3, color="#52606d", label="evidenced that day")
-        ax.plot(days, per_day["cumulative"], linestyle="--", color="#3e7cb1", label="evidenced so far in the period")
+        ax.plot(
+            days, per_day["evidenced"], marker="o", markersize=3, color="#52606d", label="evidenced that day"
+        )
+        ax.plot(
+            days,
+            per_day["cumulative"],
+            linestyle="--",
+            color="#3e7cb1",
+            label="evidenced so far in the period",
+        )
         fig.autofmt_xdate()
     ax.axhline(total, color="#9aa5b1", linewidth=0.8)
-    ax.annotate(f"{total} subcategories in the Core", (0.01, total), xycoords=("axes fraction", "data"),
-                fontsize=7, color="#52606d", va="bottom")
+    ax.annotate(
+        f"{total} subcategories in the Core",
+        (0.01, total),
+        xycoords=("axes fraction", "data"),
+        fontsize=7,
+        color="#52606d",
+        va="bottom",
+    )
     ax.set_ylim(0, total * 1.12)
     ax.set_title("NIST AI RMF subcategories evidenced", fontsize=9, color=INK, loc="left")
     ax.legend(fontsize=7, frameon=False, loc="center left")

@@ -121,7 +121,9 @@ class ComplianceSource:
     # ---------------------------------------------------------------- runs
     def find_run(self, conn, run_id: str, dag_id: str | None = None, revision: int | None = None) -> dict:
         try:
-            run = dict(queries.find_run(conn, run_id, dag_id, revision, columns=("run_pk", *RUN_VIEW_COLUMNS)))
+            run = dict(
+                queries.find_run(conn, run_id, dag_id, revision, columns=("run_pk", *RUN_VIEW_COLUMNS))
+            )
         except RunNotFoundError as exc:
             raise RunNotFoundError(f"{exc} in {self.store.masked_url}") from None
         run["reasons"] = _json(run["reasons"]) or []
@@ -155,8 +157,16 @@ class ComplianceSource:
             rules = queries.rule_results(conn, run["run_id"], **key)
             costs = queries.method_costs(conn, run["run_id"], **key)
         audit = audit_status(self.store) if self.verify else AuditStatus(False, False, "not checked")
-        return RunData(self.edition, run, samples, evidence, audit, drift_tests=drift, rule_expectations=rules,
-                       method_costs=costs)
+        return RunData(
+            self.edition,
+            run,
+            samples,
+            evidence,
+            audit,
+            drift_tests=drift,
+            rule_expectations=rules,
+            method_costs=costs,
+        )
 
     # ---------------------------------------------------------------- periods
     def period(self, *, model: str | None, days: int = 30, until: datetime | None = None) -> PeriodData:
@@ -237,7 +247,8 @@ class EngineerSource(ComplianceSource):
                 params,
             ).all()
         frame = pd.DataFrame(
-            rows, columns=["dag_id", "run_id", "created_at", "method", "norm", "abstained", "radius", "p_lower"]
+            rows,
+            columns=["dag_id", "run_id", "created_at", "method", "norm", "abstained", "radius", "p_lower"],
         )
         frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
         frame["abstained"] = frame["abstained"].astype(bool)

@@ -100,7 +100,9 @@ def pgd_attack(
     return best.detach(), found
 
 
-def pgd_numpy(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+def pgd_numpy(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512, **kwargs
+) -> tuple[np.ndarray, np.ndarray]:
     """pgd_attack over a numpy array in batches on the model's device; returns numpy arrays."""
     dev = next(model.parameters()).device
     outs, hits = [], []

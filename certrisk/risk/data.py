@@ -58,7 +58,9 @@ class Batch:
     def take(self, start: int, stop: int) -> Batch:
         """Rows [start, stop) as a new Batch."""
         labels = None if self.labels is None else self.labels[start:stop]
-        return Batch(self.batch_id, self.ids[start:stop], self.features[start:stop], self.feature_names, labels)
+        return Batch(
+            self.batch_id, self.ids[start:stop], self.features[start:stop], self.feature_names, labels
+        )
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -81,14 +83,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 if "X" not in archive.files:
                     raise InputError(f"{p}: npz archive has no array 'X' (found {archive.files})")
                 x = archive["X"]
-                frame = pd.DataFrame(x.reshape(len(x), -1), columns=[f"f{i}" for i in range(int(np.prod(x.shape[1:])))])
+                frame = pd.DataFrame(
+                    x.reshape(len(x), -1), columns=[f"f{i}" for i in range(int(np.prod(x.shape[1:])))]
+                )
                 if SAMPLE_ID in archive.files:
                     frame.insert(0, SAMPLE_ID, archive[SAMPLE_ID].astype(str))
                 if "y" in archive.files:
                     frame["label"] = archive["y"]
                 return frame
         except ValueError as exc:
-            raise InputError(f"{p}: npz archive holds object arrays or is malformed ({exc}); pickled data is refused") from None
+            raise InputError(
+                f"{p}: npz archive holds object arrays or is malformed ({exc}); pickled data is refused"
+            ) from None
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise InputError(f"{p}: not a readable npz archive: {exc}") from None
     raise InputError(f"{p}: unsupported batch format {suffix!r}; use .parquet or .npz")
@@ -141,10 +147,18 @@ def validate_frame(
     else:
         names = tuple(present)
     if len(names) != n_features:
-        raise InputError(f"{source}: {len(names)} feature columns, but the model's input shape needs {n_features}")
-    non_numeric = [c for c in names if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
+        raise InputError(
+            f"{source}: {len(names)} feature columns, but the model's input shape needs {n_features}"
+        )
+    non_numeric = [
+        c
+        for c in names
+        if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
+    ]
     if non_numeric:
-        raise InputError(f"{source}: non-numeric feature column(s) {non_numeric[:10]} (dtype {frame[non_numeric[0]].dtype})")
+        raise InputError(
+            f"{source}: non-numeric feature column(s) {non_numeric[:10]} (dtype {frame[non_numeric[0]].dtype})"
+        )
     features = frame.loc[:, list(names)].to_numpy(dtype=np.float64)
     finite_or_raise(features, what=source, ids=ids)
     labels = None
@@ -168,7 +182,12 @@ def load_batch(
     p = Path(path)
     frame = read_table(p)
     return validate_frame(
-        frame, spec=spec, n_features=n_features, batch_id=batch_id or p.stem, source=str(p), feature_names=feature_names
+        frame,
+        spec=spec,
+        n_features=n_features,
+        batch_id=batch_id or p.stem,
+        source=str(p),
+        feature_names=feature_names,
     )
 
 

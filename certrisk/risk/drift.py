@@ -162,7 +162,9 @@ def family_weights(families: Sequence[str]) -> np.ndarray:
     return len(fam) / (fam.nunique() * sizes)
 
 
-def adjust_p_values(p_values: np.ndarray, method: Correction = "bh", *, families: Sequence[str] | None = None) -> np.ndarray:
+def adjust_p_values(
+    p_values: np.ndarray, method: Correction = "bh", *, families: Sequence[str] | None = None
+) -> np.ndarray:
     """Adjusted p-values: ``family-bh`` (weighted BH with equal weight per family, FDR under
     independence; needs ``families``), ``bh`` (FDR, PRDS), ``by`` (FDR, any dependence),
     ``holm`` (FWER)."""
@@ -841,7 +843,9 @@ def detect_drift(
         tests = pd.concat(
             [p.drop(columns=["q_value", "drift"], errors="ignore") for p in parts], ignore_index=True
         )
-        tests["q_value"] = adjust_p_values(tests["p_value"].to_numpy(), correction, families=tests["family"].tolist())
+        tests["q_value"] = adjust_p_values(
+            tests["p_value"].to_numpy(), correction, families=tests["family"].tolist()
+        )
         tests["drift"] = tests["q_value"] < spec.alpha
     else:
         tests = pd.DataFrame({c: pd.Series(dtype="object") for c in DRIFT_TEST_COLUMNS})

@@ -150,8 +150,12 @@ class ExpectationSpec(_Strict):
 class RulesSpec(_Strict):
     """Rules: a default suite profiled from the reference set, plus or instead of explicit ones."""
 
-    profile: bool = Field(default=True, description="Derive not-null/range/column-count rules from the reference.")
-    range_tolerance: float = Field(default=0.0, ge=0, description="Profiled ranges widen by this share of their span.")
+    profile: bool = Field(
+        default=True, description="Derive not-null/range/column-count rules from the reference."
+    )
+    range_tolerance: float = Field(
+        default=0.0, ge=0, description="Profiled ranges widen by this share of their span."
+    )
     expectations: tuple[ExpectationSpec, ...] = ()
 
 
@@ -162,7 +166,9 @@ class DriftSpec(_Strict):
     tests: tuple[Literal["ks", "mmd", "classifier"], ...] = ("ks", "mmd")
     mmd_permutations: int = Field(default=1000, ge=10)
     novelty_k: int = Field(default=5, ge=1)
-    max_reference: int | None = Field(default=None, ge=10, description="Subsample the reference to this size.")
+    max_reference: int | None = Field(
+        default=None, ge=10, description="Subsample the reference to this size."
+    )
 
 
 #: Default factor weights (see ScoringSpec for why these values).
@@ -206,10 +212,15 @@ class ScoringSpec(_Strict):
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     thresholds: dict[Tier, float] = Field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     reference_abstention_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Known abstention rate on held-out data; default: measured on the reference."
+        default=None,
+        ge=0,
+        le=1,
+        description="Known abstention rate on held-out data; default: measured on the reference.",
     )
     abstention_p: float = Field(default=0.01, gt=0, lt=1, description="Batch abstention test level.")
-    high_share: float = Field(default=0.2, gt=0, le=1, description="Share of high+ samples that makes the batch high.")
+    high_share: float = Field(
+        default=0.2, gt=0, le=1, description="Share of high+ samples that makes the batch high."
+    )
 
     @field_validator("weights")
     @classmethod
@@ -248,7 +259,8 @@ class Policy(_Strict):
     scoring: ScoringSpec = Field(default_factory=ScoringSpec)
     alert_tier: Tier = Tier.HIGH
     risk_tolerance: str = Field(
-        min_length=1, description="The organisation's risk tolerance statement for this model (GOVERN 1.3, MAP 1.5)."
+        min_length=1,
+        description="The organisation's risk tolerance statement for this model (GOVERN 1.3, MAP 1.5).",
     )
 
 

@@ -28,7 +28,9 @@ class Subcategory:
 @lru_cache(maxsize=1)
 def catalog() -> MappingProxyType:
     """All 72 subcategories, keyed by id (e.g. 'MEASURE 2.7'), in Core order."""
-    raw = json.loads(resources.files("certrisk.schemas").joinpath("data/nist_ai_rmf_1.0_core.json").read_text("utf-8"))
+    raw = json.loads(
+        resources.files("certrisk.schemas").joinpath("data/nist_ai_rmf_1.0_core.json").read_text("utf-8")
+    )
     out: dict[str, Subcategory] = {}
     for fn in raw["functions"]:
         for cat in fn["categories"]:
@@ -38,7 +40,9 @@ def catalog() -> MappingProxyType:
 
 
 def catalog_source() -> str:
-    raw = json.loads(resources.files("certrisk.schemas").joinpath("data/nist_ai_rmf_1.0_core.json").read_text("utf-8"))
+    raw = json.loads(
+        resources.files("certrisk.schemas").joinpath("data/nist_ai_rmf_1.0_core.json").read_text("utf-8")
+    )
     return f"{raw['framework']}; {raw['source']}"
 
 

@@ -36,7 +36,11 @@ def make_record(
     risk = np.clip(sum(factors.values()) / 3.0, 0.0, 1.0)
     tier = TIERS[np.minimum((risk * 4).astype(int), 3)]
     top = [
-        [f for f in sorted(FACTORS, key=lambda f: -factors[f"factor_{f}"][i]) if factors[f"factor_{f}"][i] > 0]
+        [
+            f
+            for f in sorted(FACTORS, key=lambda f: -factors[f"factor_{f}"][i])
+            if factors[f"factor_{f}"][i] > 0
+        ]
         for i in range(n)
     ]
     sample_risk = pd.DataFrame(
@@ -127,7 +131,8 @@ def make_record(
         dag_id=dag_id,
         run_id=run_id,
         batch_id=f"batch-{run_id}",
-        created_at=created_at or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(minutes=seed),
+        created_at=created_at
+        or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(minutes=seed),
         model_name=model,
         model_sha256=model_sha256,
         model_format="torchscript",

@@ -11,8 +11,23 @@ from certrisk.governance.chain import column_reprs, row_digest, row_digests_of
 from certrisk.governance.payload import prepare
 from certrisk.schemas.columns import CERTIFICATE_COLUMNS
 
-FLOATS = [0.0, -0.0, 1e16, 1e-5, 1e-4, 0.1, 1 / 3, float("inf"), -float("inf"), float("nan"), None, 5e-324,
-          1.7976931348623157e308, 123456789012345678.0, 0.25]
+FLOATS = [
+    0.0,
+    -0.0,
+    1e16,
+    1e-5,
+    1e-4,
+    0.1,
+    1 / 3,
+    float("inf"),
+    -float("inf"),
+    float("nan"),
+    None,
+    5e-324,
+    1.7976931348623157e308,
+    123456789012345678.0,
+    0.25,
+]
 STRINGS = ["a", "it's", 'say "x"', "both ' \"", "tab\t", "nl\n", "back\\", "é ünï", "\x00", None, "\u2028"]
 
 

@@ -29,7 +29,16 @@ def test_upgrade_runs_samples_trend_export_verify(db_url, tmp_path):
     assert out.exit_code == 0, out.output
     runs = json.loads(out.stdout)
     assert [r["run_id"] for r in runs] == ["run-1", "run-0"]
-    for key in ("dag_id", "run_id", "batch", "n_samples", "abstention_rate", "mean_risk", "tier", "created_at"):
+    for key in (
+        "dag_id",
+        "run_id",
+        "batch",
+        "n_samples",
+        "abstention_rate",
+        "mean_risk",
+        "tier",
+        "created_at",
+    ):
         assert key in runs[0]
     assert runs[0]["mean_risk"] == store.get_run("certrisk_example", "run-1")["mean_risk"]
     assert _cli("runs", "--db", db_url).exit_code == 0
@@ -63,7 +72,11 @@ def test_upgrade_runs_samples_trend_export_verify(db_url, tmp_path):
     out = _cli("verify", "--db", db_url)
     assert out.exit_code == 0 and "chain head:" in out.stdout
     with store.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE certificate SET p_lower = 0.5 WHERE sample_id = 'run-1:4' AND method = 'smoothing'"))
+        conn.execute(
+            sa.text(
+                "UPDATE certificate SET p_lower = 0.5 WHERE sample_id = 'run-1:4' AND method = 'smoothing'"
+            )
+        )
     out = _cli("verify", "--db", db_url)
     assert out.exit_code == 1
     assert "certrisk_example/run-1#1" in out.output and "sample_id='run-1:4' method='smoothing'" in out.output

@@ -17,14 +17,21 @@ N_KILL = 20_000
 
 def _spawn(*args):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.Popen([sys.executable, CHILD, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, CHILD, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _counts(store):
     with store.engine.connect() as conn:
-        return {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
-                for t in ("pipeline_run", "sample_risk", "certificate", "audit_log", "model", "policy")}
+        return {
+            t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+            for t in ("pipeline_run", "sample_risk", "certificate", "audit_log", "model", "policy")
+        }
 
 
 def test_sigkill_mid_write_leaves_nothing_then_rerun_writes_once(store):

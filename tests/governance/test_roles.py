@@ -69,8 +69,16 @@ def test_writer_inserts_but_cannot_change_records(granted):
 
 def test_compliance_reads_views_only(granted):
     url = granted[COMPLIANCE]
-    for view in ("v_run_summary", "v_sample_risk", "v_rmf_evidence", "v_rmf_subcategory", "v_daily_trend",
-                 "v_drift_test", "v_rule_result", "v_method_cost"):
+    for view in (
+        "v_run_summary",
+        "v_sample_risk",
+        "v_rmf_evidence",
+        "v_rmf_subcategory",
+        "v_daily_trend",
+        "v_drift_test",
+        "v_rule_result",
+        "v_method_cost",
+    ):
         assert _can(url, f"SELECT * FROM {view}"), view
     assert not _can(url, "SELECT * FROM drift_test")
     assert not _can(url, "SELECT * FROM rule_result")
@@ -106,7 +114,14 @@ def test_engineer_reads_certificates_not_audit_log(granted):
 
 def test_auditor_reads_everything_and_changes_nothing(granted):
     url = granted[AUDITOR]
-    for table in ("certificate", "audit_log", "sample_risk", "pipeline_run", "v_sample_risk", "v_method_cost"):
+    for table in (
+        "certificate",
+        "audit_log",
+        "sample_risk",
+        "pipeline_run",
+        "v_sample_risk",
+        "v_method_cost",
+    ):
         assert _can(url, f"SELECT * FROM {table}"), table
     assert not _can(url, "INSERT INTO model (name, sha256, registered_at) VALUES ('x', 'y', now())")
     assert not _can(url, "DELETE FROM audit_log")

@@ -31,8 +31,12 @@ def test_write_then_read_back_exactly(store, record):
     result = store.write_run(record)
     assert (result.status, result.revision) == ("written", 1)
     got = store.get_run(record.dag_id, record.run_id)
-    pd.testing.assert_frame_equal(got["sample_risk"].drop(columns=["top_factors", "rmf_ids"]),
-                                  record.sample_risk.drop(columns=["top_factors", "rmf_ids"]).astype(got["sample_risk"].dtypes.drop(["top_factors", "rmf_ids"]).to_dict()))
+    pd.testing.assert_frame_equal(
+        got["sample_risk"].drop(columns=["top_factors", "rmf_ids"]),
+        record.sample_risk.drop(columns=["top_factors", "rmf_ids"]).astype(
+            got["sample_risk"].dtypes.drop(["top_factors", "rmf_ids"]).to_dict()
+        ),
+    )
     assert got["sample_risk"]["top_factors"].tolist() == record.sample_risk["top_factors"].tolist()
     certs = got["certificates"]
     assert len(certs) == 2 * len(record.sample_risk)
@@ -43,7 +47,11 @@ def test_write_then_read_back_exactly(store, record):
     assert got["rmf_evidence"] == record.rmf_evidence
     runs = store.list_runs()
     assert runs.iloc[0][["dag_id", "run_id", "n_samples", "tier"]].tolist() == [
-        record.dag_id, record.run_id, 40, record.summary["tier"]]
+        record.dag_id,
+        record.run_id,
+        40,
+        record.summary["tier"],
+    ]
     assert store.verify().ok
 
 
@@ -91,17 +99,43 @@ def _with_samples(record, col, row, value):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda r: _with_samples(r, "sample_id", 3, "run-1:2"), r"duplicate key \{'sample_id': 'run-1:2'\} at row 3"),
+        (
+            lambda r: _with_samples(r, "sample_id", 3, "run-1:2"),
+            r"duplicate key \{'sample_id': 'run-1:2'\} at row 3",
+        ),
         (lambda r: _with_samples(r, "risk", 5, np.nan), r"risk: NaN or inf in row 5 \(sample_id 'run-1:5'\)"),
-        (lambda r: _with_samples(r, "tier", 7, "severe"), r"unknown tier 'severe' at row 7 \(sample_id 'run-1:7'\)"),
+        (
+            lambda r: _with_samples(r, "tier", 7, "severe"),
+            r"unknown tier 'severe' at row 7 \(sample_id 'run-1:7'\)",
+        ),
         (lambda r: replace(r, sample_risk=r.sample_risk.iloc[:0]), "has no samples"),
-        (lambda r: replace(r, certificates=_ghost(r.certificates)), r"sample_id 'ghost' \(row 0\) is not in sample_risk"),
-        (lambda r: replace(r, rmf_evidence=[("MEASURE 9.9", "certificate", "x")]), "unknown NIST AI RMF subcategory"),
-        (lambda r: replace(r, summary={**r.summary, "mean_risk": float("nan")}), "summary: not JSON-serializable"),
-        (lambda r: replace(r, sample_risk=r.sample_risk.drop(columns=["risk"])), r"missing column\(s\) \['risk'\]"),
+        (
+            lambda r: replace(r, certificates=_ghost(r.certificates)),
+            r"sample_id 'ghost' \(row 0\) is not in sample_risk",
+        ),
+        (
+            lambda r: replace(r, rmf_evidence=[("MEASURE 9.9", "certificate", "x")]),
+            "unknown NIST AI RMF subcategory",
+        ),
+        (
+            lambda r: replace(r, summary={**r.summary, "mean_risk": float("nan")}),
+            "summary: not JSON-serializable",
+        ),
+        (
+            lambda r: replace(r, sample_risk=r.sample_risk.drop(columns=["risk"])),
+            r"missing column\(s\) \['risk'\]",
+        ),
     ],
-    ids=["duplicate-sample-id", "nan-risk", "unknown-tier", "empty", "unknown-cert-sample", "unknown-rmf",
-         "nan-summary", "missing-column"],
+    ids=[
+        "duplicate-sample-id",
+        "nan-risk",
+        "unknown-tier",
+        "empty",
+        "unknown-cert-sample",
+        "unknown-rmf",
+        "nan-summary",
+        "missing-column",
+    ],
 )
 def test_bad_input_is_refused_and_nothing_written(store, record, mutate, message):
     with pytest.raises(InputError, match=message):

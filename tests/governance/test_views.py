@@ -34,7 +34,8 @@ def test_drift_and_rule_views_return_the_recorded_outcomes(written):
     assert drift["drift"].tolist() == [False, False]
     rules = store.rule_results("run-1")
     assert rules[["expectation", "expectation_type", "column", "severity", "level"]].values.tolist() == [
-        ["pixels_in_range", "expect_column_values_to_be_between", "x0", "critical", "row"]]
+        ["pixels_in_range", "expect_column_values_to_be_between", "x0", "critical", "row"]
+    ]
     assert rules["success"].tolist() == [True] and rules["unexpected_count"].tolist() == [0]
 
 
@@ -58,8 +59,9 @@ def test_method_cost_aggregates_without_certificate_values(written):
 def test_run_summary_exposes_the_abstention_test(written):
     store, _record = written
     with store.engine.connect() as conn:
-        row = conn.execute(sa.text(
-            "SELECT reference_abstention_rate, abstention_p_value, tier_counts FROM v_run_summary")).one()
+        row = conn.execute(
+            sa.text("SELECT reference_abstention_rate, abstention_p_value, tier_counts FROM v_run_summary")
+        ).one()
     assert (row.reference_abstention_rate, row.abstention_p_value) == (0.05, 0.0125)
     assert row.tier_counts is not None
 

@@ -24,6 +24,7 @@ def main() -> None:
     record = make_record(run_id, n)
     store = GovernanceStore(url)
     if mode == "hang":
+
         def hang(self, *args, **kwargs):
             print("rows inserted", flush=True)
             time.sleep(600)

@@ -45,7 +45,13 @@ def drop_db(name: str) -> None:
 
 
 def local_executor_env(
-    *, home: Path, port: int, metadata_url: str, dags_folder: Path, parallelism: int = 2, extra: dict | None = None
+    *,
+    home: Path,
+    port: int,
+    metadata_url: str,
+    dags_folder: Path,
+    parallelism: int = 2,
+    extra: dict | None = None,
 ) -> dict[str, str]:
     """The environment all three services share (the parent's, minus its AIRFLOW_* settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -87,7 +93,12 @@ class AirflowCluster:
 
     def migrate(self, timeout: float = 180) -> None:
         done = subprocess.run(
-            [AIRFLOW, "db", "migrate"], check=False, env=self.env, cwd=self.home, capture_output=True, text=True,
+            [AIRFLOW, "db", "migrate"],
+            check=False,
+            env=self.env,
+            cwd=self.home,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
         if done.returncode != 0:
@@ -96,12 +107,18 @@ class AirflowCluster:
     def start(self, name: str, *args: str) -> None:
         with open(self.home / f"{name}.log", "wb") as log:
             self.procs[name] = subprocess.Popen(
-                [AIRFLOW, *args], env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
+                [AIRFLOW, *args],
+                env=self.env,
+                cwd=self.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
     def start_all(self) -> None:
-        self.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1")
+        self.start(
+            "api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"
+        )
         self.start("scheduler", "scheduler")
         self.start("dag-processor", "dag-processor")
 
@@ -163,4 +180,6 @@ class AirflowCluster:
                 if last:
                     return last
             time.sleep(interval)
-        raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}\n{self.log_tails()}")
+        raise RuntimeError(
+            f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}\n{self.log_tails()}"
+        )

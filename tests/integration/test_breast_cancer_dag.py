@@ -67,8 +67,15 @@ def test_rules_catch_the_shift_at_batch_level(breast_cancer_run):
     run, _, _ = breast_cancer_run
     rules = GovernanceStore(default_db_url()).get_run(run.dag_id, run.run_id)["rule_expectations"]
     by_name = rules.set_index("expectation")
-    named = {"mean_radius_plausible", "mean_area_plausible", "worst_concave_points_plausible",
-             "mean_radius_batch_mean", "mean_texture_batch_mean", "mean_area_batch_spread", "worst_radius_quantiles"}
+    named = {
+        "mean_radius_plausible",
+        "mean_area_plausible",
+        "worst_concave_points_plausible",
+        "mean_radius_batch_mean",
+        "mean_texture_batch_mean",
+        "mean_area_batch_spread",
+        "worst_radius_quantiles",
+    }
     assert named <= set(by_name.index), sorted(by_name.index)
     # Size features read 0.8 sd high: the batch mean of mean_radius leaves [-0.5, 0.5].
     assert not bool(by_name.loc["mean_radius_batch_mean", "success"])

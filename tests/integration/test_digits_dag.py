@@ -17,9 +17,16 @@ def test_dagbag_imports_every_example_dag(airflow_db):
     assert bag.import_errors == {}
     assert "certrisk_digits" in bag.dag_ids
     dag = bag.get_dag("certrisk_digits")
-    assert {"validate", "certify", "merge_certificates", "rules", "drift", "context", "score", "governance_write"} <= set(
-        dag.task_ids
-    )
+    assert {
+        "validate",
+        "certify",
+        "merge_certificates",
+        "rules",
+        "drift",
+        "context",
+        "score",
+        "governance_write",
+    } <= set(dag.task_ids)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +78,9 @@ def test_every_abstained_sample_is_high_or_above(digits_runs):
         samples = store.samples(run.run_id, limit=None)
         abstained = samples[samples["abstained"].astype(bool)]
         n_abstained += len(abstained)
-        assert abstained["tier"].isin(["high", "critical"]).all(), abstained[["sample_id", "risk", "tier"]].head()
+        assert abstained["tier"].isin(["high", "critical"]).all(), abstained[
+            ["sample_id", "risk", "tier"]
+        ].head()
     assert n_abstained > 0
 
 

@@ -16,8 +16,14 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 def _airflow_json(*args: str):
-    out = subprocess.run([AIRFLOW, *args, "-o", "json"], check=False, env=dict(os.environ), capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [AIRFLOW, *args, "-o", "json"],
+        check=False,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     # Log lines may precede the JSON document, which is the line that opens a list of objects.
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("[{"))
@@ -57,8 +63,14 @@ def test_provider_info_names_importable_hook_operators_and_plugin():
 
     import certrisk.operators as ops
 
-    for name in ("CertifyOperator", "RuleCheckOperator", "DriftOperator", "RiskScoreOperator",
-                 "GovernanceWriteOperator", "ComplianceReportOperator"):
+    for name in (
+        "CertifyOperator",
+        "RuleCheckOperator",
+        "DriftOperator",
+        "RiskScoreOperator",
+        "GovernanceWriteOperator",
+        "ComplianceReportOperator",
+    ):
         cls = getattr(ops, name)
         assert issubclass(cls, BaseOperator)
         assert cls.__module__ in operator_modules, f"{name} lives in {cls.__module__}, not listed"
@@ -72,7 +84,9 @@ def test_providers_manager_resolves_the_connection_type_to_the_hook():
     pm = ProvidersManager()
     assert "certrisk" in pm.providers
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ProvidersManager.hooks: deprecated for task code, still the core view
+        warnings.simplefilter(
+            "ignore"
+        )  # ProvidersManager.hooks: deprecated for task code, still the core view
         hook = pm.hooks["certrisk_governance"]
     assert hook.hook_class_name == "certrisk.operators.hooks.GovernanceHook"
     assert hook.connection_id_attribute_name == "certrisk_conn_id"

@@ -71,7 +71,9 @@ class Faults:
         elif ti.task_id == "governance_write":
             from certrisk.governance import GovernanceStore
 
-            with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as c:
+            with psycopg.connect(
+                "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True
+            ) as c:
                 c.execute(f'CREATE DATABASE "{self.db_name}"')
             store = GovernanceStore(self.url)
             store.upgrade()
@@ -86,8 +88,13 @@ def faulty_run(airflow_db, small_batches, tmp_path_factory):
 
     db_name = f"certrisk_t_{uuid.uuid4().hex[:12]}"
     faults = Faults(db_name, tmp_path_factory.mktemp("retry-evidence"))
-    conn = {"conn_type": "certrisk_governance", "host": "127.0.0.1", "port": 5432, "login": "postgres",
-            "schema": db_name}
+    conn = {
+        "conn_type": "certrisk_governance",
+        "host": "127.0.0.1",
+        "port": 5432,
+        "login": "postgres",
+        "schema": db_name,
+    }
     env_key = f"AIRFLOW_CONN_{CONN_ID.upper()}"
     mp = pytest.MonkeyPatch()
     mp.setenv(env_key, json.dumps(conn))
@@ -147,8 +154,9 @@ def test_retried_certificates_equal_the_first_try(faulty_run):
     first = pd.read_parquet(faults.evidence_dir / "try1-certificates.parquet")
     retried = read_parquet(run_root(None, run.dag_id, run.run_id) / "certificates" / "shard-00000.parquet")
     assert len(first) == faults.n_samples
-    pd.testing.assert_frame_equal(first.drop(columns=COST_COLUMNS), retried.drop(columns=COST_COLUMNS),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        first.drop(columns=COST_COLUMNS), retried.drop(columns=COST_COLUMNS), check_exact=True
+    )
 
 
 def test_exactly_one_governance_record(faulty_run):

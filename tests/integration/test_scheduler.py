@@ -41,7 +41,11 @@ def cluster(tmp_path, demo_assets):
         gov_url = create_db(gov_db)
         stack.callback(drop_db, gov_db)
         env = local_executor_env(
-            home=home, port=port, metadata_url=meta_url, dags_folder=REPO / "dags", parallelism=2,
+            home=home,
+            port=port,
+            metadata_url=meta_url,
+            dags_folder=REPO / "dags",
+            parallelism=2,
             extra={"CERTRISK_DB_URL": gov_url},
         )
         af = AirflowCluster(home, env, port)
@@ -60,13 +64,17 @@ def cluster(tmp_path, demo_assets):
 def test_scheduler_runs_certrisk_digits_through_the_rest_api(cluster, small_batches):
     af, gov = cluster
     try:
-        af.wait_for("the API server", lambda: af.request("GET", "/api/v2/monitor/health")[0] == 200,
-                    START_TIMEOUT_S)
+        af.wait_for(
+            "the API server", lambda: af.request("GET", "/api/v2/monitor/health")[0] == 200, START_TIMEOUT_S
+        )
         status, body = af.request("GET", "/auth/token")
         assert status in (200, 201), body
         af.token = body["access_token"]
-        af.wait_for(f"{DAG_ID} to be parsed", lambda: af.request("GET", f"/api/v2/dags/{DAG_ID}")[0] == 200,
-                    START_TIMEOUT_S)
+        af.wait_for(
+            f"{DAG_ID} to be parsed",
+            lambda: af.request("GET", f"/api/v2/dags/{DAG_ID}")[0] == 200,
+            START_TIMEOUT_S,
+        )
         status, body = af.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
         assert status == 200 and body["is_paused"] is False, body
 

@@ -21,8 +21,14 @@ def test_full_url_in_extra(monkeypatch):
 
 
 def test_parts_build_a_postgres_url(monkeypatch):
-    conn = {"conn_type": "certrisk_governance", "host": "db.internal", "schema": "certrisk", "login": "writer",
-            "password": "pw", "port": 6432}
+    conn = {
+        "conn_type": "certrisk_governance",
+        "host": "db.internal",
+        "schema": "certrisk",
+        "login": "writer",
+        "password": "pw",
+        "port": 6432,
+    }
     monkeypatch.setenv("AIRFLOW_CONN_GOV_B", json.dumps(conn))
     url = GovernanceHook("gov_b").get_url()
     assert url.drivername == "postgresql+psycopg"
@@ -46,7 +52,10 @@ def test_password_never_logged(monkeypatch, caplog, capsys, tmp_path):
     logged = caplog.text + capsys.readouterr().out
     assert str(db) in logged
     assert store.url.endswith("g.db")
-    conn = {"conn_type": "certrisk_governance", "extra": {"url": "postgresql+psycopg://u:topsecret@127.0.0.1:1/x"}}
+    conn = {
+        "conn_type": "certrisk_governance",
+        "extra": {"url": "postgresql+psycopg://u:topsecret@127.0.0.1:1/x"},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_GOV_D", json.dumps(conn))
     with caplog.at_level(logging.DEBUG):
         GovernanceHook("gov_d").store  # noqa: B018 - building the store logs its URL

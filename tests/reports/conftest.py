@@ -30,7 +30,9 @@ def _need(tool: str, path: str | None) -> str:
     """The tool's path; skip without it outside CI, fail in CI (CI=true, where .ci/run installs it)."""
     if path and Path(path).is_file():
         return path
-    reason = f"{tool} is not installed (apt-get install {'chromium' if tool == 'chromium' else 'poppler-utils'})"
+    reason = (
+        f"{tool} is not installed (apt-get install {'chromium' if tool == 'chromium' else 'poppler-utils'})"
+    )
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"report rendering tests must run in CI: {reason}")
     pytest.skip(reason)
@@ -68,7 +70,10 @@ class Chromium:
         try:
             return subprocess.run(
                 [self.binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                capture_output=True, text=True, timeout=60, check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             )
         finally:
             shutil.rmtree(profile, ignore_errors=True)

@@ -80,7 +80,9 @@ def test_plugin_registers_the_dashboard():
     from certrisk.reports import dashboard
 
     (entry,) = CertriskPlugin.fastapi_apps
-    assert entry["url_prefix"] == "/certrisk" and entry["name"] == "certrisk" and entry["app"] is dashboard.app
+    assert (
+        entry["url_prefix"] == "/certrisk" and entry["name"] == "certrisk" and entry["app"] is dashboard.app
+    )
     assert CertriskPlugin.macros
 
 
@@ -93,7 +95,9 @@ def _free_port() -> int:
 def test_dashboard_renders_in_chromium(recorded, chromium):
     store, record = recorded
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(_mounted(store.url), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(_mounted(store.url), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -106,7 +110,13 @@ def test_dashboard_renders_in_chromium(recorded, chromium):
         png = chromium.screenshot(url, SHOTS / "dashboard.png", height=2600)
         assert_not_blank(png)
         dom = html_text(chromium.dom(url))
-        for needle in ("certrisk dashboard", "Recent runs", "NIST AI RMF coverage", record.run_id, "MEASURE 2.7"):
+        for needle in (
+            "certrisk dashboard",
+            "Recent runs",
+            "NIST AI RMF coverage",
+            record.run_id,
+            "MEASURE 2.7",
+        ):
             assert needle in dom
     finally:
         server.should_exit = True

@@ -47,7 +47,9 @@ def html_text(html: str) -> str:
 
 
 def pdf_text(path, pdftotext) -> str:
-    out = subprocess.run([pdftotext, "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [pdftotext, "-layout", str(path), "-"], capture_output=True, text=True, check=True
+    ).stdout
     return re.sub(r"\s+", " ", out)
 
 
@@ -95,7 +97,9 @@ def certificate_values(recorded):
     """The run's actual radii (every norm) and p_lower values, zeros and NaN left out."""
     store, record = recorded
     certs = store.get_run(record.dag_id, record.run_id)["certificates"]
-    values = certs[["radius", "radius_l1", "radius_l2", "radius_linf", "p_lower"]].to_numpy(dtype=float).ravel()
+    values = (
+        certs[["radius", "radius_l1", "radius_l2", "radius_linf", "p_lower"]].to_numpy(dtype=float).ravel()
+    )
     return np.unique(values[np.isfinite(values) & (values > 0)])
 
 
@@ -111,8 +115,10 @@ def control_texts(control, pdftotext, tmp_path_factory):
     store, record = control
     out = tmp_path_factory.mktemp("control-out")
     texts = {}
-    for kind, report in (("run", build_run_report(store, record.run_id)),
-                         ("period", build_period_report(store, model="digits-cnn", days=30))):
+    for kind, report in (
+        ("run", build_run_report(store, record.run_id)),
+        ("period", build_period_report(store, model="digits-cnn", days=30)),
+    ):
         html = html_text(write_report(report, out / f"{kind}.html").read_text())
         csv = write_report(report, out / f"{kind}.csv").read_text()
         pdf = pdf_text(write_report(report, out / f"{kind}.pdf"), pdftotext)
@@ -129,15 +135,31 @@ def test_run_report_content_matches_the_record(recorded, reports):
     for reason in summary["reasons"]:
         assert reason in text
     counts = summary["tier_counts"]
-    table = next(t for s in report.sections if s.key == "distribution" for t in s.tables if t.caption == "Samples per tier")
+    table = next(
+        t
+        for s in report.sections
+        if s.key == "distribution"
+        for t in s.tables
+        if t.caption == "Samples per tier"
+    )
     assert {row[0]: int(row[1]) for row in table.rows} == counts
     assert f"{100 * summary['abstention_rate']:.1f}%" in text
     assert "fisher_exact" in text  # the abstention test, through the recorded RMF evidence
     top = next(s for s in report.sections if s.key == "samples").tables[0]
     riskiest = record.sample_risk.sort_values("risk", ascending=False)["sample_id"].iloc[0]
     assert top.rows[0][0] == riskiest
-    for key in ("tier", "distribution", "abstention", "drift", "rules", "samples", "methods", "limitations",
-                "crosswalk", "provenance"):
+    for key in (
+        "tier",
+        "distribution",
+        "abstention",
+        "drift",
+        "rules",
+        "samples",
+        "methods",
+        "limitations",
+        "crosswalk",
+        "provenance",
+    ):
         assert any(s.key == key for s in report.sections), key
     assert "intact" in text and record.model_sha256 in text and record.policy_sha256 in text
 
@@ -158,7 +180,9 @@ def test_engineer_edition_has_raw_numbers(recorded, reports, certificate_values)
 
 
 @pytest.mark.parametrize("kind", ["run", "period"])
-def test_compliance_edition_holds_no_certificate_value(kind, reports, certificate_values, control_texts, pdftotext):
+def test_compliance_edition_holds_no_certificate_value(
+    kind, reports, certificate_values, control_texts, pdftotext
+):
     texts = {
         "html": html_text(reports[kind, "compliance", "html"].read_text()),
         "csv": reports[kind, "compliance", "csv"].read_text(),
@@ -166,7 +190,9 @@ def test_compliance_edition_holds_no_certificate_value(kind, reports, certificat
     }
     for name, text in texts.items():
         # the compliance edition does not change when every radius and p_lower changes ...
-        assert _normalised(text) == _normalised(control_texts[kind][name]), f"{kind} {name} depends on certificates"
+        assert _normalised(text) == _normalised(control_texts[kind][name]), (
+            f"{kind} {name} depends on certificates"
+        )
         # ... and none of the run's values appears in it, in any common rounding (a number the control
         # report shows too comes from other data: a coincidence of rounding, not a leak)
         allowed = set(re.findall(r"\d+\.\d+", control_texts[kind][name]))
@@ -182,8 +208,9 @@ def without_core_text(text: str) -> str:
     return text
 
 
-ABOUT_SAMPLES = re.compile(r"sample[^.]{0,80}\b(safe|secure|not attacked)\b|\b(safe|secure)\b[^.]{0,80}sample",
-                           re.IGNORECASE)
+ABOUT_SAMPLES = re.compile(
+    r"sample[^.]{0,80}\b(safe|secure|not attacked)\b|\b(safe|secure)\b[^.]{0,80}sample", re.IGNORECASE
+)
 
 
 @pytest.mark.parametrize("edition", ["compliance", "engineer"])
@@ -193,7 +220,7 @@ def test_no_sample_is_called_safe_or_secure(kind, edition, reports, pdftotext):
     csv = reports[kind, edition, "csv"].read_text()
     for text in (html, csv):
         found = FORBIDDEN_WORDS.search(text)
-        assert not found, text[max(found.start() - 80, 0):found.end() + 80]
+        assert not found, text[max(found.start() - 80, 0) : found.end() + 80]
     pdf = pdf_text(reports[kind, edition, "pdf"], pdftotext)  # table cells interleave: check sentences
     found = ABOUT_SAMPLES.search(pdf)
     assert not found, found.group(0)
@@ -213,11 +240,19 @@ def test_crosswalk_ids_exist_in_the_catalog(recorded, reports):
 
 
 def test_crosswalk_states_what_was_not_measured():
-    evidence = pd.DataFrame([("MEASURE 1.1", "unmeasured", "not measured in this run: drift")],
-                            columns=["subcategory_id", "evidence_kind", "detail"])
+    evidence = pd.DataFrame(
+        [("MEASURE 1.1", "unmeasured", "not measured in this run: drift")],
+        columns=["subcategory_id", "evidence_kind", "detail"],
+    )
     have, _ = crosswalk(evidence, not_measured="not measured in this run: drift")
-    assert have.rows == [["MEASURE 1.1", catalog()["MEASURE 1.1"].text, "unmeasured: not measured in this run: drift",
-                          "not measured in this run: drift"]]
+    assert have.rows == [
+        [
+            "MEASURE 1.1",
+            catalog()["MEASURE 1.1"].text,
+            "unmeasured: not measured in this run: drift",
+            "not measured in this run: drift",
+        ]
+    ]
 
 
 @pytest.mark.parametrize("edition", ["compliance", "engineer"])
@@ -268,7 +303,9 @@ def test_html_is_self_contained(reports):
         assert "<link" not in html and "<script" not in html
 
 
-@pytest.mark.parametrize("kind,edition", [("run", "compliance"), ("run", "engineer"), ("period", "compliance")])
+@pytest.mark.parametrize(
+    "kind,edition", [("run", "compliance"), ("run", "engineer"), ("period", "compliance")]
+)
 def test_html_renders_in_chromium(kind, edition, reports, chromium):
     path = reports[kind, edition, "html"]
     png = chromium.screenshot(path.as_uri(), SHOTS / f"{kind}-{edition}.png", height=4000)

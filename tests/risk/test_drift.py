@@ -296,14 +296,25 @@ def test_mmd_alone_can_decide_with_family_weights():
     batch = np.sqrt(0.5) * rng.normal(size=(n, d)) + np.sqrt(0.5) * z  # same N(0,1) marginals, correlated
     features = [f"f{i}" for i in range(d)]
     res = detect_drift(
-        ref, batch, spec=DriftSpec(alpha=0.01, tests=("ks", "mmd"), mmd_permutations=500), features=features,
-        batch_ids=[f"b{i}" for i in range(n)], seed=0, device="cpu",
+        ref,
+        batch,
+        spec=DriftSpec(alpha=0.01, tests=("ks", "mmd"), mmd_permutations=500),
+        features=features,
+        batch_ids=[f"b{i}" for i in range(n)],
+        seed=0,
+        device="cpu",
     )
     t = res.tests.set_index("test")
     assert not res.tests.loc[res.tests["family"] == "univariate", "drift"].any()
     assert res.drift and bool(t.loc["mmd", "drift"])
     pooled = detect_drift(
-        ref, batch, spec=DriftSpec(alpha=0.01, tests=("ks", "mmd"), mmd_permutations=500), features=features,
-        batch_ids=[f"b{i}" for i in range(n)], seed=0, device="cpu", correction="bh",
+        ref,
+        batch,
+        spec=DriftSpec(alpha=0.01, tests=("ks", "mmd"), mmd_permutations=500),
+        features=features,
+        batch_ids=[f"b{i}" for i in range(n)],
+        seed=0,
+        device="cpu",
+        correction="bh",
     )
     assert not pooled.drift  # pooled BH drowns the one multivariate test: q >= 65/501 > 0.01

@@ -10,8 +10,13 @@ from certrisk.schemas.policy import ModelSpec
 
 
 def spec(path, **kw):
-    base = {"name": "m", "path": str(path), "factory": "certrisk.risk.models:digits_cnn", "input_shape": (1, 8, 8),
-                "classes": tuple(str(i) for i in range(10))}
+    base = {
+        "name": "m",
+        "path": str(path),
+        "factory": "certrisk.risk.models:digits_cnn",
+        "input_shape": (1, 8, 8),
+        "classes": tuple(str(i) for i in range(10)),
+    }
     base.update(kw)
     return ModelSpec(**base)
 

@@ -55,7 +55,9 @@ def resolve_seeds(seed, batch: int) -> np.ndarray:
             base = int(seed)
         except (TypeError, ValueError):
             raise InputError(f"seed must be an int or an array of ints, got {seed!r}") from None
-        return np.array([_mix64(base * 0x9E3779B97F4A7C15 + i) & _SEED_MASK for i in range(batch)], dtype=np.int64)
+        return np.array(
+            [_mix64(base * 0x9E3779B97F4A7C15 + i) & _SEED_MASK for i in range(batch)], dtype=np.int64
+        )
     arr = np.asarray(seed)
     if arr.shape != (batch,):
         raise InputError(f"seed array must have shape ({batch},) to match the batch, got {arr.shape}")
@@ -197,7 +199,10 @@ class DeterministicRun:
         p_lower NaN; peak memory measured on CUDA, else the method's own estimate ``cpu_peak``."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = (int(torch.cuda.max_memory_allocated(self.device)), "measured (torch.cuda.max_memory_allocated)")
+            peak = (
+                int(torch.cuda.max_memory_allocated(self.device)),
+                "measured (torch.cuda.max_memory_allocated)",
+            )
         else:
             peak = cpu_peak
         b = len(ok)

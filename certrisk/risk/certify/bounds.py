@@ -171,7 +171,11 @@ def _margin_lower(layers, x64: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
     else:
         state = _propagate(body, x64, eps, norm)
         w = last.weight.double()
-        b = last.bias.double() if last.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+        b = (
+            last.bias.double()
+            if last.bias is not None
+            else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+        )
         diff_w = w[y][:, None, :] - w[None, :, :]  # (B, K, h)
         diff_b = b[y][:, None] - b[None, :]  # (B, K)
         centre = state.centre.flatten(1)
@@ -184,7 +188,9 @@ def _margin_lower(layers, x64: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
     return margin.min(dim=1).values
 
 
-def ibp_certify(model, x, eps: float | None = None, norm: Norm | str = "linf", *, seed=0, device=None) -> CertificateBatch:
+def ibp_certify(
+    model, x, eps: float | None = None, norm: Norm | str = "linf", *, seed=0, device=None
+) -> CertificateBatch:
     """Certify each input's predicted class with interval bounds.
 
     The predicted class y is the model's argmax on x. An input is certified at eps when the lower
@@ -270,4 +276,6 @@ def _cpu_peak(x64: torch.Tensor, layers) -> tuple[int, str]:
             state = _step(layer, state)
             largest = max(largest, state.centre.numel())
     # centre, radius and two temporaries of the widest layer, float64, for the whole batch
-    return int(params + 4 * largest * x64.shape[0] * 8), "estimate (4 float64 tensors of the widest layer + weights)"
+    return int(
+        params + 4 * largest * x64.shape[0] * 8
+    ), "estimate (4 float64 tensors of the widest layer + weights)"

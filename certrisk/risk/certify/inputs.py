@@ -80,9 +80,7 @@ def as_batch(x, *, what: str, device: torch.device, dtype: torch.dtype) -> torch
         finite = torch.isfinite(xt.reshape(xt.shape[0], -1)).all(dim=1)
         if not bool(finite.all()):
             row = int((~finite).nonzero()[0, 0])
-            raise InputError(
-                f"{what}: NaN or inf in row {row} of x; {int((~finite).sum())} row(s) affected"
-            )
+            raise InputError(f"{what}: NaN or inf in row {row} of x; {int((~finite).sum())} row(s) affected")
     return xt.to(device=device, dtype=dtype).contiguous()
 
 
@@ -118,17 +116,21 @@ def run_model(model, batch: torch.Tensor, what: str) -> torch.Tensor:
         raise
     except (RuntimeError, ValueError, TypeError) as exc:
         raise InputError(
-            f"{what}: the model rejected inputs of shape {tuple(batch.shape[1:])} "
-            f"(batch axis first): {exc}"
+            f"{what}: the model rejected inputs of shape {tuple(batch.shape[1:])} (batch axis first): {exc}"
         ) from exc
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0] or out.shape[1] < 2:
+    if (
+        not isinstance(out, torch.Tensor)
+        or out.ndim != 2
+        or out.shape[0] != batch.shape[0]
+        or out.shape[1] < 2
+    ):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"{what}: the model must return logits of shape (rows, K >= 2), got {shape}")
     return out
 
 
 def device_name(dev: torch.device) -> str:
-    """"cpu" or "cuda:<index>"."""
+    """ "cpu" or "cuda:<index>"."""
     if dev.type == "cuda":
         return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
     return str(dev)

@@ -65,7 +65,9 @@ def conv_norm_bound(weight: torch.Tensor, groups: int = 1, dilation=(1, 1), grid
         w = full
     dh, dw = _pair(dilation)
     eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    size = max(grid * max(dh, dw), eh, ew)  # finer grid for dilated kernels: the spread term grows with offsets
+    size = max(
+        grid * max(dh, dw), eh, ew
+    )  # finer grid for dilated kernels: the spread term grows with offsets
     padded = torch.zeros(w.shape[0], w.shape[1], size, size, dtype=torch.float64)
     padded[:, :, 0:eh:dh, 0:ew:dw] = w
     spectrum = torch.fft.fft2(padded)  # (c_out, c_in, G, G)
@@ -93,7 +95,9 @@ def layer_constant(layer: nn.Module) -> float:
     if isinstance(layer, (nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout)):
         return 1.0
     if isinstance(layer, nn.Linear):
-        return float(torch.linalg.matrix_norm(layer.weight.detach().to("cpu", torch.float64), ord=2)) * _INFLATE
+        return (
+            float(torch.linalg.matrix_norm(layer.weight.detach().to("cpu", torch.float64), ord=2)) * _INFLATE
+        )
     if isinstance(layer, nn.Conv2d):
         return conv_norm_bound(layer.weight, layer.groups, layer.dilation)
     if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -208,7 +212,11 @@ def lipschitz_certify(model, x, *, seed=0, device=None) -> CertificateBatch:
             width = max(width, h[0].numel())
         if last is not None:
             w = last.weight.detach().double()
-            b = last.bias.detach().double() if last.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=dev)
+            b = (
+                last.bias.detach().double()
+                if last.bias is not None
+                else torch.zeros(w.shape[0], dtype=torch.float64, device=dev)
+            )
             logits = torch.nn.functional.linear(h.flatten(1), w, b)
             diff_norm = (w[y][:, None, :] - w[None, :, :]).norm(dim=2)  # (B, K)
             scale = diff_norm * _product(consts[: len(body)])
@@ -228,7 +236,10 @@ def lipschitz_certify(model, x, *, seed=0, device=None) -> CertificateBatch:
         ok=ok,
         radius=radius,
         n_forward=np.ones(bsz, dtype=np.int64),
-        cpu_peak=(int(params + 3 * width * bsz * 8), "estimate (3 float64 activations of the widest layer + weights)"),
+        cpu_peak=(
+            int(params + 3 * width * bsz * 8),
+            "estimate (3 float64 activations of the widest layer + weights)",
+        ),
         extra={"lipschitz_constant": _product(consts)},
     )
 

@@ -45,12 +45,18 @@ def sequential_layers(model, what: str) -> list[nn.Module]:
                     f"{what}: unsupported layer {path} ({type(layer).__name__}); supported: "
                     f"{', '.join(t.__name__ for t in SUPPORTED)}"
                 )
-            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and (layer.training or layer.running_var is None):
-                raise InputError(f"{what}: layer {path} ({type(layer).__name__}) must be in eval mode with running statistics")
+            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and (
+                layer.training or layer.running_var is None
+            ):
+                raise InputError(
+                    f"{what}: layer {path} ({type(layer).__name__}) must be in eval mode with running statistics"
+                )
             if isinstance(layer, nn.Dropout) and layer.training:
                 raise InputError(f"{what}: layer {path} (Dropout) must be in eval mode")
             if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
-                raise InputError(f"{what}: layer {path} (Conv2d) has padding_mode {layer.padding_mode!r}; only 'zeros' is supported")
+                raise InputError(
+                    f"{what}: layer {path} (Conv2d) has padding_mode {layer.padding_mode!r}; only 'zeros' is supported"
+                )
             if isinstance(layer, nn.MaxPool2d) and layer.return_indices:
                 raise InputError(f"{what}: layer {path} (MaxPool2d) returns indices; not supported")
             layers.append(layer)

@@ -80,7 +80,9 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def measure_forward_rows(model, x: torch.Tensor, *, candidates=None, min_seconds: float = 0.05) -> dict[int, float]:
+def measure_forward_rows(
+    model, x: torch.Tensor, *, candidates=None, min_seconds: float = 0.05
+) -> dict[int, float]:
     """Forward passes per second of ``model`` at each candidate batch size (rows of x[0] plus noise).
 
     x : tensor of shape (B, *input_shape) on the model's device. Sizes that run out of CUDA
@@ -92,7 +94,9 @@ def measure_forward_rows(model, x: torch.Tensor, *, candidates=None, min_seconds
     with torch.inference_mode():
         for rows in sizes:
             try:
-                batch = x[:1].expand(rows, *x.shape[1:]) + torch.randn((rows, *x.shape[1:]), device=dev, dtype=x.dtype)
+                batch = x[:1].expand(rows, *x.shape[1:]) + torch.randn(
+                    (rows, *x.shape[1:]), device=dev, dtype=x.dtype
+                )
                 model(batch)
                 _sync(dev)
                 reps, start = 0, time.perf_counter()
@@ -187,7 +191,10 @@ class _NoisyCounter:
         ends = torch.cumsum(count, 0)
         total = int(ends[-1])
         ends, count = ends.to(dev), count.to(dev)
-        slot, owner, key, first = (torch.tensor(v, dtype=torch.int64, device=dev) for v in (plan.slot, plan.owner, plan.key, plan.first))
+        slot, owner, key, first = (
+            torch.tensor(v, dtype=torch.int64, device=dev)
+            for v in (plan.slot, plan.owner, plan.key, plan.first)
+        )
         first = first - (ends - count)  # stream row = first + packed position
         last = len(plan.rows) - 1
         steps = torch.arange(self.chunk_rows, dtype=torch.int64, device=dev)

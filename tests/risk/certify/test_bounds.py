@@ -145,7 +145,13 @@ def test_pgd_finds_nothing_inside_ibp_radius(trained_cnn, digits, norm):
     assert ok.size > 50
     for i in ok[:40]:
         _, hit = pgd_numpy(
-            trained_cnn, xs[i : i + 1], cert.prediction[i : i + 1], eps=float(cert.radius[i]), norm=norm,
-            steps=20, restarts=2, clip=None,
+            trained_cnn,
+            xs[i : i + 1],
+            cert.prediction[i : i + 1],
+            eps=float(cert.radius[i]),
+            norm=norm,
+            steps=20,
+            restarts=2,
+            clip=None,
         )
         assert not hit.any(), (i, cert.radius[i])

@@ -84,7 +84,12 @@ def test_conv_bound_is_above_the_exact_norm(kwargs):
 def test_pool_constants():
     x = torch.randn(1000, 2, 8, 8, dtype=torch.float64)
     y = torch.randn(1000, 2, 8, 8, dtype=torch.float64)
-    for pool in (nn.AvgPool2d(2), nn.AvgPool2d(3, stride=1), nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1)):
+    for pool in (
+        nn.AvgPool2d(2),
+        nn.AvgPool2d(3, stride=1),
+        nn.MaxPool2d(2),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    ):
         ratio = (pool(x) - pool(y)).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
         assert float(ratio.max()) <= layer_constant(pool)
     assert layer_constant(nn.AvgPool2d(2)) == pytest.approx(0.5)
@@ -113,8 +118,14 @@ def test_pgd_finds_nothing_inside_lipschitz_radius(trained_cnn, digits):
     assert ok.size > 30
     for i in ok[:30]:
         _, hit = pgd_numpy(
-            trained_cnn, xs[i : i + 1], cert.prediction[i : i + 1], eps=float(cert.radius[i]), norm="l2",
-            steps=20, restarts=2, clip=None,
+            trained_cnn,
+            xs[i : i + 1],
+            cert.prediction[i : i + 1],
+            eps=float(cert.radius[i]),
+            norm="l2",
+            steps=20,
+            restarts=2,
+            clip=None,
         )
         assert not hit.any()
     frame = cert.to_frame()

@@ -77,7 +77,9 @@ def test_marginal_is_standard_normal(width):
     """200,000 values from one stream and 200,000 from 4,000 streams of 50 values: mean and variance
     within 5 standard errors, KS against scipy.stats.norm with p > 1e-6, and the share beyond
     |z| > 3 within 5 binomial standard deviations. About 1e-5 false-failure probability in all."""
-    one = _draw(np.full(200_000 // width, 1234567), np.arange(200_000 // width), width).double().numpy().ravel()
+    one = (
+        _draw(np.full(200_000 // width, 1234567), np.arange(200_000 // width), width).double().numpy().ravel()
+    )
     many = _draw(np.arange(4000) * 7919, np.zeros(4000), 50).double().numpy().ravel()
     for z in (one, many):
         m = z.size
@@ -129,5 +131,8 @@ def test_cuda_draws_the_cpu_noise():
     rows = np.arange(3000) * 3
     cpu = _draw(keys, rows, 64)
     cuda = _draw(keys, rows, 64, device="cuda")
-    assert torch.equal(row_keys(torch.tensor(keys), torch.tensor(rows)), row_keys(torch.tensor(keys).cuda(), torch.tensor(rows).cuda()).cpu())
+    assert torch.equal(
+        row_keys(torch.tensor(keys), torch.tensor(rows)),
+        row_keys(torch.tensor(keys).cuda(), torch.tensor(rows).cuda()).cpu(),
+    )
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-5, atol=1e-5)

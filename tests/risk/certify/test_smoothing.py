@@ -87,7 +87,9 @@ def test_packing_does_not_change_certificates(trained_cnn, digits):
         np.testing.assert_array_equal(got.p_lower, full.p_lower[rows])
         np.testing.assert_array_equal(got.radius, full.radius[rows])
         np.testing.assert_array_equal(got.seed, full.seed[rows])
-    again = smooth_certify(trained_cnn, xb[[7, 123, 499]], seed=seeds[[7, 123, 499]], **{**kw, "batch_size": 1024})
+    again = smooth_certify(
+        trained_cnn, xb[[7, 123, 499]], seed=seeds[[7, 123, 499]], **{**kw, "batch_size": 1024}
+    )
     np.testing.assert_array_equal(again.p_lower, shard.p_lower)
 
 
@@ -95,7 +97,14 @@ def test_packing_does_not_change_sequential_or_predict(linear):
     """Sequential mode's stages and smooth_predict draw each input's rows wherever they are packed."""
     x = points_at_distance(W, B_BIAS, np.linspace(-1.5, 1.5, 9) * SIGMA, seed=12)
     seeds = np.arange(100, 109)
-    kw = {"sigma": SIGMA, "n0": 50, "n": 3000, "alpha": 0.01, "mode": "sequential", "target_radius": 0.5 * SIGMA}
+    kw = {
+        "sigma": SIGMA,
+        "n0": 50,
+        "n": 3000,
+        "alpha": 0.01,
+        "mode": "sequential",
+        "target_radius": 0.5 * SIGMA,
+    }
     full = smooth_certify(linear, x, seed=seeds, batch_size=256, **kw)
     part = smooth_certify(linear, x[[4, 0]], seed=seeds[[4, 0]], batch_size=768, **kw)
     np.testing.assert_array_equal(part.p_lower, full.p_lower[[4, 0]])
@@ -161,7 +170,9 @@ def test_sequential_matches_fixed_on_clear_cut_inputs(linear):
     x = points_at_distance(W, B_BIAS, dist, seed=8)
     target = 1.0 * SIGMA
     fixed = smooth_certify(linear, x, sigma=SIGMA, n=100_000, alpha=0.001, seed=9)
-    seq = smooth_certify(linear, x, sigma=SIGMA, n=100_000, alpha=0.001, seed=9, mode="sequential", target_radius=target)
+    seq = smooth_certify(
+        linear, x, sigma=SIGMA, n=100_000, alpha=0.001, seed=9, mode="sequential", target_radius=target
+    )
     np.testing.assert_array_equal(seq.abstained, fixed.abstained)
     np.testing.assert_array_equal(seq.prediction, fixed.prediction)
     np.testing.assert_array_equal(seq.radius >= target, fixed.radius >= target)
@@ -244,5 +255,7 @@ def test_cuda_certify_reproducible_and_measured(trained_cnn, digits):
     agree = (cpu.prediction == full.prediction).mean()
     assert agree > 0.9
     assert next(trained_cnn.parameters()).device.type == "cpu"  # the caller's model is not moved
-    seq = smooth_certify(trained_cnn, x[:64], seed=seeds, **{**kw, "mode": "sequential", "target_radius": 0.2})
+    seq = smooth_certify(
+        trained_cnn, x[:64], seed=seeds, **{**kw, "mode": "sequential", "target_radius": 0.2}
+    )
     assert seq.device.startswith("cuda:")
