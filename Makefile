@@ -27,6 +27,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check certrisk dags tests bench
+	$(VENV)/bin/ruff format --check certrisk dags tests bench
 
 bench: $(STAMP)
 	$(PY) bench/certify.py
