@@ -15,6 +15,8 @@ import pandas as pd
 from certrisk.schemas.errors import InputError
 
 SAMPLE_ID = "sample_id"
+# The prediction a certificate records when it abstains (no class certified).
+ABSTAIN = -1
 
 #: One row per sample and certification method (DESIGN.md, Contracts).
 #: ``radius`` is in the method's ``norm`` (0 when abstained); radius_l1/l2/linf are the radii in
