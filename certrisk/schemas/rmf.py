@@ -180,3 +180,50 @@ def unevidenced_note(subcategory_id: str) -> str:
     sub = catalog()[subcategory_id]
     note = UNEVIDENCED_SUBCATEGORY_NOTES.get(subcategory_id) or UNEVIDENCED_CATEGORY_NOTES[sub.category]
     return f"Not evidenced by certrisk: {note}."
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """One subcategory's coverage by a set of evidence: ``evidence`` holds "kind: detail" texts
+    (empty when not evidenced); ``note`` says, for a subcategory not evidenced, whether certrisk
+    could evidence it (and with which kinds) or why it cannot."""
+
+    subcategory: Subcategory
+    kinds: tuple[str, ...]
+    evidence: tuple[str, ...]
+    note: str
+
+    @property
+    def evidenced(self) -> bool:
+        return bool(self.kinds)
+
+
+def coverage(evidence) -> list[Coverage]:
+    """NIST AI RMF coverage of a body of evidence, one entry per subcategory in Core order.
+
+    ``evidence`` is an iterable of (subcategory_id, evidence_kind, detail) rows, as recorded in
+    the governance store's rmf_evidence table. The one place that turns evidence into coverage:
+    the scorer's coverage table, the reports' crosswalk and the store's queries all read it.
+    """
+    have: dict[str, list[tuple[str, str]]] = {}
+    for sid, kind, detail in evidence:
+        have.setdefault(str(sid), []).append((str(kind), str(detail)))
+    possible: dict[str, list[str]] = {}
+    for kind, ids in EVIDENCE.items():
+        for sid in ids:
+            possible.setdefault(sid, []).append(kind)
+    out = []
+    for sid, sub in catalog().items():
+        rows = have.get(sid, [])
+        kinds = tuple(dict.fromkeys(k for k, _ in rows))
+        if rows:
+            note = ""
+        elif sid in possible:
+            note = (
+                f"certrisk evidences this with {', '.join(possible[sid])} evidence, which this run did not "
+                "produce or record"
+            )
+        else:
+            note = unevidenced_note(sid)
+        out.append(Coverage(sub, kinds, tuple(f"{k}: {d}" for k, d in rows), note))
+    return out
