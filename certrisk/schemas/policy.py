@@ -129,6 +129,13 @@ class CertificationSpec(_Strict):
     def smoothing(self) -> SmoothingSpec | None:
         return next((m for m in self.methods if isinstance(m, SmoothingSpec)), None)
 
+    @property
+    def driving(self) -> MethodSpec:
+        """The method whose certificate drives a sample's abstention, prediction and radius: the
+        first smoothing method when there is one (its abstention is the reliable signal), else the
+        first method listed. The one statement of that rule; scoring and context both read it."""
+        return self.smoothing or self.methods[0]
+
 
 class ExpectationSpec(_Strict):
     """One Great Expectations expectation with its severity and RMF evidence."""
