@@ -9,7 +9,6 @@ is read.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from certrisk.risk.factories import build_module
 from certrisk.schemas.errors import InputError, ModelLoadError
 from certrisk.schemas.policy import ModelSpec
 
@@ -100,15 +100,6 @@ def _refuse_pickle(path: Path, head: bytes) -> None:
             )
 
 
-def _import_factory(spec: str):
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"factory {spec!r} cannot be imported: {exc}") from None
-
-
 def load_model(spec: ModelSpec, path: str | Path, *, device: str | torch.device | None = None) -> LoadedModel:
     """Load the model a policy names, without arbitrary pickle, in eval mode on ``device``.
 
@@ -133,7 +124,7 @@ def load_model(spec: ModelSpec, path: str | Path, *, device: str | torch.device 
             state = load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelLoadError(f"{p}: not a readable safetensors file: {exc}") from None
-        module = _import_factory(spec.factory)(**spec.factory_kwargs)
+        module = build_module(spec.factory, spec.factory_kwargs)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
