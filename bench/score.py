@@ -18,8 +18,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from certrisk.risk.score import SEVERITY_FACTOR, score_batch, score_samples
-from certrisk.schemas.columns import FACTORS
+from certrisk.risk.score import score_samples
+from certrisk.risk.tiering import score_batch
+from certrisk.schemas.columns import ABSTAIN
+from certrisk.schemas.factors import FACTORS, SEVERITY_FACTOR
 from certrisk.schemas.policy import parse_policy
 
 POLICY = parse_policy(
@@ -43,7 +45,7 @@ def synthetic(n: int, seed: int) -> dict[str, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     ids = pd.array([f"bench:{i}" for i in range(n)], dtype="string")
     abst = rng.random(n) < 0.05
-    pred = np.where(abst, -1, rng.integers(0, 10, n))
+    pred = np.where(abst, ABSTAIN, rng.integers(0, 10, n))
     ratio = rng.random(n)
     pct = rng.random(n)
     ratio[abst] = np.nan

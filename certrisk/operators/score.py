@@ -10,7 +10,9 @@ from airflow.sdk import Context
 
 from certrisk.operators.artifacts import read_parquet, write_json, write_parquet, write_text
 from certrisk.operators.base import CertriskOperator
-from certrisk.risk.score import limitations, score_batch, score_samples
+from certrisk.risk.limitations import limitations
+from certrisk.risk.score import score_samples
+from certrisk.risk.tiering import score_batch
 
 
 class RiskScoreOperator(CertriskOperator):

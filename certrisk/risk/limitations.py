@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 
+from certrisk.risk.score import abstention_alone, certified_ceiling
 from certrisk.schemas.enums import Norm
+from certrisk.schemas.errors import InputError
 from certrisk.schemas.policy import IBPSpec, LipschitzSpec, Policy, SmoothingSpec
 
 _NORMS = (Norm.L1, Norm.L2, Norm.LINF)
@@ -98,11 +100,9 @@ def limitations(policy: Policy, *, dim: int | None = None) -> str:
     largest certifiable radius translated to l1, l2 and linf, the threats outside the
     certificates, and what the risk tiers do and do not mean under this policy.
     """
-    from certrisk.risk.score import abstention_alone, certified_ceiling  # score re-exports this function
-
     d = int(dim) if dim is not None else policy.model.n_features
     if d < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+        raise InputError(f"dim must be >= 1, got {dim}")
     methods = []
     for spec in policy.certification.methods:
         if isinstance(spec, SmoothingSpec):

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from certrisk.schemas.errors import InputError
+from certrisk.schemas.factors import FACTORS
 
 SAMPLE_ID = "sample_id"
 # The prediction a certificate records when it abstains (no class certified).
@@ -116,10 +117,8 @@ CONTEXT_COLUMNS = MappingProxyType(
     }
 )
 
-#: Risk factors, each in [0, 1]; the scorer defines each in its docstring.
-FACTORS = ("abstention", "radius_rank", "context", "rules", "novelty", "instability")
-
-#: Per-sample risk record. ``factor_<name>`` columns hold each factor's contribution;
+#: Per-sample risk record. ``factor_<name>`` columns hold each factor's contribution, one per
+#: factor of ``FACTORS`` (risk factors in [0, 1], defined in certrisk.schemas.factors);
 #: ``top_factors`` lists factor names with a positive contribution, largest first;
 #: ``rmf_ids`` lists the NIST AI RMF subcategories the sample's evidence supports.
 SAMPLE_RISK_COLUMNS = MappingProxyType(

@@ -18,8 +18,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from certrisk.schemas import factors
 from certrisk.schemas.enums import Method, Norm, Severity, Tier
 from certrisk.schemas.errors import PolicyError
+from certrisk.schemas.factors import FACTORS
 from certrisk.schemas.settings import expand_path
 
 
@@ -178,15 +180,8 @@ class DriftSpec(_Strict):
     )
 
 
-#: Default factor weights (see ScoringSpec for why these values).
-DEFAULT_WEIGHTS = {
-    "abstention": 0.6,
-    "radius_rank": 0.15,
-    "context": 0.15,
-    "rules": 0.4,
-    "novelty": 0.2,
-    "instability": 0.3,
-}
+#: Default factor weights, from certrisk.schemas.factors (see ScoringSpec for why these values).
+DEFAULT_WEIGHTS = dict(factors.DEFAULT_WEIGHTS)
 
 #: Default tier thresholds on the per-sample risk in [0, 1].
 DEFAULT_THRESHOLDS = {Tier.MEDIUM: 0.25, Tier.HIGH: 0.5, Tier.CRITICAL: 0.85}
@@ -200,7 +195,7 @@ class ScoringSpec(_Strict):
     present, at least ``max_i w_i f_i``. Tiers: risk >= thresholds[critical] is critical, else
     >= high is high, else >= medium is medium, else low.
 
-    Why the defaults (by construction, not by tuning):
+    Why the defaults (``certrisk.schemas.factors``; by construction, not by tuning):
 
     * abstention alone reaches tier high: an abstained sample has risk >= w_abstention = 0.6,
       and 0.6 >= thresholds[high] = 0.5;
@@ -232,8 +227,6 @@ class ScoringSpec(_Strict):
     @field_validator("weights")
     @classmethod
     def _known_factors(cls, value: dict[str, float]) -> dict[str, float]:
-        from certrisk.schemas.columns import FACTORS
-
         unknown = sorted(set(value) - set(FACTORS))
         if unknown:
             raise ValueError(f"unknown factor(s) {unknown}; known: {list(FACTORS)}")

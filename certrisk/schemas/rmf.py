@@ -13,6 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
 
+from certrisk.schemas import factors
 from certrisk.schemas.errors import CertriskError
 
 
@@ -69,17 +70,8 @@ EVIDENCE = MappingProxyType(
     }
 )
 
-#: Risk factors mapped to the evidence kind behind them.
-FACTOR_EVIDENCE = MappingProxyType(
-    {
-        "abstention": "abstention",
-        "radius_rank": "certificate",
-        "context": "certificate_context",
-        "rules": "rules",
-        "novelty": "novelty",
-        "instability": "certificate",
-    }
-)
+#: Risk factors mapped to the evidence kind behind them (stated per factor in certrisk.schemas.factors).
+FACTOR_EVIDENCE = factors.FACTOR_EVIDENCE
 
 
 def evidence_ids(*kinds: str) -> tuple[str, ...]:

@@ -12,8 +12,10 @@ import yaml
 from scipy import stats
 
 from certrisk.governance import GovernanceStore, RunRecord
+from certrisk.risk.evidence import run_rmf_evidence
 from certrisk.risk.limitations import limitations
-from certrisk.risk.score import run_rmf_evidence, score_batch, score_samples
+from certrisk.risk.score import score_samples
+from certrisk.risk.tiering import score_batch
 from certrisk.schemas.columns import CERTIFICATE_COLUMNS, conform
 from certrisk.schemas.policy import parse_policy
 

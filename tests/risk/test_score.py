@@ -11,18 +11,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from certrisk.risk.batch_facts import (
+    AbstentionFinding,
+    BatchFacts,
+    DriftFinding,
+    RuleFinding,
+    TierShares,
+    abstention_test,
+)
 from certrisk.risk.score import (
     abstention_alone,
-    abstention_test,
-    assign_tiers,
     certified_ceiling,
     combine_factors,
     factor_contributions,
-    score_batch,
     score_samples,
     weight_vector,
 )
+from certrisk.risk.tiering import BATCH_RULES, assign_tiers, batch_reasons, score_batch
 from certrisk.schemas.columns import (
+    ABSTAIN,
     CERTIFICATE_COLUMNS,
     CONTEXT_COLUMNS,
     DRIFT_TEST_COLUMNS,
@@ -157,10 +164,10 @@ def test_hand_built_tiers_and_factors():
     c = certs(
         [
             ("certified", 1, False),
-            ("abstained", -1, True),
+            ("abstained", ABSTAIN, True),
             ("unstable", 2, False),
             ("rule_crit", 0, False),
-            ("abstained_rule_novel", -1, True),
+            ("abstained_rule_novel", ABSTAIN, True),
             ("disagree", 1, False),
             ("disagree", 2, False, "ibp", np.nan),
         ]
@@ -197,7 +204,7 @@ def test_hand_built_tiers_and_factors():
     assert risk["abstained_rule_novel"] == pytest.approx(1 - 0.4 * 0.6 * 0.8)
     assert risk["disagree"] == pytest.approx(0.6)
     row = out.set_index("sample_id")
-    assert row.loc["abstained", "prediction"] == -1 and row.loc["abstained", "abstained"]
+    assert row.loc["abstained", "prediction"] == ABSTAIN == -1 and row.loc["abstained", "abstained"]
     assert row.loc["disagree", "abstained"] and row.loc["disagree", "prediction"] == 1
     assert not row.loc["unstable", "abstained"] and row.loc["unstable", "base_prediction"] == 0
     assert row.loc["certified", "top_factors"] == []
@@ -213,7 +220,7 @@ def test_hand_built_tiers_and_factors():
 
 def test_critical_needs_abstention_plus_strong_evidence():
     ids = ["a"]
-    c = certs([("a", -1, True)])
+    c = certs([("a", ABSTAIN, True)])
     p = preds([("a", 0)])
     out = score_samples(
         certificates=c,
@@ -233,7 +240,7 @@ def test_critical_needs_abstention_plus_strong_evidence():
 
 
 def test_context_factors():
-    c = certs([("near", 0, False), ("far", 0, False), ("abst", -1, True)])
+    c = certs([("near", 0, False), ("far", 0, False), ("abst", ABSTAIN, True)])
     p = preds([("near", 0), ("far", 0), ("abst", 0)])
     ctx = context([("near", 0.1, 0.2), ("far", 0.6, 0.9), ("abst", np.nan, np.nan)])
     out = score_samples(certificates=c, predictions=p, policy=POLICY, context=ctx).set_index("sample_id")
@@ -253,7 +260,7 @@ def test_context_of_other_methods_is_ignored():
 
 
 def test_smoothing_at_another_sigma_does_not_drive():
-    c = certs([("a", -1, True, "smoothing", 0.5), ("a", 1, False)])
+    c = certs([("a", ABSTAIN, True, "smoothing", 0.5), ("a", 1, False)])
     out = score_samples(certificates=c, predictions=preds([("a", 1)]), policy=POLICY)
     assert not out.loc[0, "abstained"] and out.loc[0, "prediction"] == 1
 
@@ -261,14 +268,14 @@ def test_smoothing_at_another_sigma_does_not_drive():
 def test_without_smoothing_the_first_method_drives():
     data = dict(POLICY_DATA, certification={"methods": [{"method": "ibp", "eps": 0.1}]})
     policy = parse_policy(data)
-    c = certs([("a", -1, True, "ibp", np.nan), ("b", 2, False, "ibp", np.nan)])
+    c = certs([("a", ABSTAIN, True, "ibp", np.nan), ("b", 2, False, "ibp", np.nan)])
     out = score_samples(certificates=c, predictions=preds([("a", 0), ("b", 2)]), policy=policy)
     assert list(out["abstained"]) == [True, False]
-    assert list(out["prediction"]) == [-1, 2]
+    assert list(out["prediction"]) == [ABSTAIN, 2]
 
 
 def test_output_follows_prediction_order():
-    c = certs([("b", 0, False), ("a", -1, True), ("c", 1, False)])
+    c = certs([("b", 0, False), ("a", ABSTAIN, True), ("c", 1, False)])
     p = preds([("c", 1), ("a", 1), ("b", 0)])
     out = score_samples(certificates=c, predictions=p, policy=POLICY)
     assert list(out["sample_id"]) == ["c", "a", "b"]
@@ -316,7 +323,7 @@ def test_missing_column_named():
 
 def _batch(n_abst, n, *, seed=0):
     ids = [f"s{i}" for i in range(n)]
-    c = certs([(s, -1, True) if i < n_abst else (s, 0, False) for i, s in enumerate(ids)])
+    c = certs([(s, ABSTAIN, True) if i < n_abst else (s, 0, False) for i, s in enumerate(ids)])
     return score_samples(certificates=c, predictions=preds([(s, 0) for s in ids]), policy=POLICY)
 
 
@@ -453,6 +460,115 @@ def test_batch_drift_and_rules():
     assert any("drift detected and abstention elevated" in r for r in both["reasons"])
 
 
+def test_batch_reasons_text_and_order():
+    """Every batch rule fires: reasons are listed highest tier first, table order within a tier,
+    word for word."""
+    ids = [f"c{i}" for i in range(20)]
+    sr = score_samples(
+        certificates=certs([(s, ABSTAIN, True) for s in ids]),
+        predictions=preds([(s, 0) for s in ids]),
+        policy=POLICY,
+        rules=rules([(s, "critical") for s in ids]),
+        novelty=novelty([(s, 1.0) for s in ids]),
+        context=context([(s, np.nan, np.nan) for s in ids]),
+    )
+    summary = score_batch(
+        sr,
+        policy=POLICY,
+        drift_tests=drift_frame(True),
+        rule_expectations=expectations(False, severity="critical", level="batch"),
+        reference_abstention_rate=0.1,
+    )
+    assert summary["tier"] == "critical"
+    assert summary["reasons"] == [
+        "critical: share of critical samples 1.000 > 0.2",
+        (
+            "critical: abstention elevated and the share of high or critical samples above 0.2: the "
+            "signature of an attack or a shift that defeats certification"
+        ),
+        "critical: drift detected and abstention elevated: the shift reaches the model's certified behaviour",
+        "critical: critical batch-level rule(s) failed: 'range:x'",
+        "high: abstention elevated: 20/20 = 1.000 against reference 0.100 (binomial p = 1.00e-20 < 0.01)",
+        "high: share of high or critical samples 1.000 > 0.2",
+        "high: drift detected: 1 of 1 test(s) rejected after correction ('mmd:*')",
+        "medium: share of medium or higher samples 1.000 > 0.2",
+        "medium: 1 rule expectation(s) failed: 'range:x (critical)'",
+    ]
+    assert summary["not_measured"] == [] and summary["notes"] == []
+    untested = score_batch(sr, policy=POLICY)
+    assert untested["not_measured"] == ["abstention_test", "drift", "rule_expectations"]
+    assert untested["notes"] == [
+        (
+            "abstention_test: no reference abstention rate (policy scoring.reference_abstention_rate or "
+            "measured on the reference): batch abstention was not tested"
+        ),
+        "drift: no drift tests were given: distribution shift was not tested",
+        "rule_expectations: no expectation results were given: batch-level rules were not checked",
+    ]
+    assert untested["evidence_kinds"] == [
+        "abstention",
+        "certificate",
+        "certificate_context",
+        "novelty",
+        "policy",
+        "risk_tiers",
+        "rules",
+        "unmeasured",
+    ]
+
+
+def _facts(*, shares=(0.0, 0.0, 0.0), elevated=False, drift=None, failed=(), critical=()):
+    """BatchFacts with the share of medium+, high+ and critical samples given; s = 0.2."""
+    medium, high, crit = shares
+    at_least = {Tier.LOW: 1.0, Tier.MEDIUM: medium, Tier.HIGH: high, Tier.CRITICAL: crit}
+    return BatchFacts(
+        shares=TierShares({t.value: 0 for t in Tier}, at_least),
+        high_share=0.2,
+        abstention=AbstentionFinding(30, 100, 0.05, "binomial", 1e-9 if elevated else 0.5, 0.01),
+        drift=None if drift is None else DriftFinding(2, ["ks:x"] if drift else []),
+        rules=RuleFinding(0.5, list(failed), list(critical)) if failed or critical else None,
+    )
+
+
+@pytest.mark.parametrize(
+    "facts, fired",
+    [
+        (_facts(), set()),
+        (_facts(drift=False), set()),
+        (_facts(shares=(0.3, 0.0, 0.0)), {"medium_share"}),
+        (_facts(shares=(0.3, 0.3, 0.0)), {"medium_share", "high_share"}),
+        (_facts(shares=(0.3, 0.3, 0.3)), {"medium_share", "high_share", "critical_share"}),
+        (_facts(elevated=True), {"abstention_elevated"}),
+        (
+            _facts(elevated=True, shares=(0.3, 0.3, 0.0)),
+            {"abstention_elevated", "high_share", "medium_share", "abstention_and_high_share"},
+        ),
+        (_facts(drift=True), {"drift"}),
+        (_facts(drift=True, elevated=True), {"drift", "abstention_elevated", "drift_and_abstention"}),
+        (_facts(failed=["r (warning)"]), {"expectations_failed"}),
+        (_facts(failed=["r (critical)"], critical=["r"]), {"expectations_failed", "critical_batch_rule"}),
+    ],
+)
+def test_each_batch_rule_fires_on_its_facts_alone(facts, fired):
+    assert {rule.name for rule in BATCH_RULES if rule.fires(facts)} == fired
+    tiers = {rule.name: rule.tier for rule in BATCH_RULES}
+    assert [t for t, _ in batch_reasons(facts)] == [tiers[r.name] for r in BATCH_RULES if r.name in fired]
+
+
+def test_batch_rule_table_matches_the_documented_tiers():
+    assert {rule.name: rule.tier.value for rule in BATCH_RULES} == {
+        "abstention_elevated": "high",
+        "critical_share": "critical",
+        "high_share": "high",
+        "abstention_and_high_share": "critical",
+        "medium_share": "medium",
+        "drift": "high",
+        "drift_and_abstention": "critical",
+        "expectations_failed": "medium",
+        "critical_batch_rule": "critical",
+    }
+
+
 def test_batch_reference_rate_from_policy():
     summary = score_batch(
         _batch(20, 200),
@@ -546,7 +662,7 @@ def test_abstained_outranks_certified_with_certificate_factors_only(abst_other, 
 )
 def test_scored_batches_are_well_formed(rows):
     ids = [f"x{i}" for i in range(len(rows))]
-    c = certs([(s, -1, True) if r[0] else (s, 1, False) for s, r in zip(ids, rows, strict=True)])
+    c = certs([(s, ABSTAIN, True) if r[0] else (s, 1, False) for s, r in zip(ids, rows, strict=True)])
     out = score_samples(
         certificates=c,
         predictions=preds([(s, 1) for s in ids]),
@@ -614,7 +730,7 @@ def test_limitations_state_norm_sigma_alpha(sigma, alpha, n, dim):
 def test_limitations_translate_radii_like_the_certify_room():
     from certrisk.risk.certify.norms import translate_radius
     from certrisk.risk.certify.stats import clopper_pearson_lower, smoothing_radius
-    from certrisk.risk.score import limitations  # re-exported for the score operator
+    from certrisk.risk.limitations import limitations
 
     text = limitations(POLICY)  # sigma 0.25, n 2000, alpha 0.001, d = 64
     r = float(smoothing_radius(clopper_pearson_lower(2000, 2000, 0.001), 0.25))
@@ -635,7 +751,7 @@ def stats_norm_ppf(p):
 
 
 def _run():
-    c = certs([("a", -1, True), ("b", 0, False)])
+    c = certs([("a", ABSTAIN, True), ("b", 0, False)])
     sr = score_samples(
         certificates=c,
         predictions=preds([("a", 0), ("b", 0)]),
@@ -654,7 +770,7 @@ def _run():
 
 
 def test_rmf_coverage_lists_all_72_with_notes():
-    from certrisk.risk.score import rmf_coverage
+    from certrisk.risk.evidence import rmf_coverage
 
     sr, summary = _run()
     cov = rmf_coverage(
@@ -690,8 +806,29 @@ def test_rmf_coverage_lists_all_72_with_notes():
     no_forbidden_words(cov.to_dict("list"))
 
 
+def test_rmf_coverage_agrees_with_the_recorded_evidence():
+    """The coverage table and the rows the store records evidence the same subcategories, with the
+    notes of schemas.rmf.coverage (the one place coverage is computed)."""
+    from certrisk.risk.evidence import rmf_coverage, run_rmf_evidence
+    from certrisk.schemas.rmf import coverage
+
+    sr, summary = _run()
+    kw = {"policy": POLICY, "sample_risk": sr, "batch_summary": summary, "evidence_kinds": ["run_record"]}
+    cov = rmf_coverage(**kw).set_index("id")
+    recorded = coverage(run_rmf_evidence(**kw))
+    assert [c.subcategory.id for c in recorded] == list(cov.index)
+    for c in recorded:
+        assert cov.loc[c.subcategory.id, "evidenced"] == c.evidenced
+        assert [e.split(":")[0] for e in cov.loc[c.subcategory.id, "evidence"].split("; ") if e] == list(
+            c.kinds
+        )
+        if c.subcategory.id != "MEASURE 1.1":
+            assert cov.loc[c.subcategory.id, "note"] == c.note
+    assert cov.loc["MEASURE 1.1", "note"] == f"not measured in this run: {', '.join(summary['not_measured'])}"
+
+
 def test_run_rmf_evidence_rows():
-    from certrisk.risk.score import run_rmf_evidence
+    from certrisk.risk.evidence import run_rmf_evidence
 
     sr, summary = _run()
     rows = run_rmf_evidence(

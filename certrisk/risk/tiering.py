@@ -1,0 +1,321 @@
+"""Tiers: of one sample from its risk, and of a batch from a table of named rules.
+
+A sample's tier compares its risk with the policy's thresholds (``assign_tiers``). A batch's
+tier is the highest tier among the rules of ``BATCH_RULES`` that fire on the batch's facts
+(``certrisk.risk.batch_facts``: tier shares, the abstention test against the reference, drift
+tests, rule expectations); each rule that fires gives a reason. ``score_batch`` gathers the facts,
+evaluates the table in order and returns the batch summary.
+
+No rule, reason or summary here states that a batch was not attacked: a certificate bounds the
+distance to a class change, not to an adversarial input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from certrisk.risk.batch_facts import (
+    BATCH_TESTS,
+    AbstentionFinding,
+    BatchFacts,
+    DriftFinding,
+    RuleFinding,
+    gather_batch_facts,
+)
+from certrisk.risk.evidence import batch_evidence_kinds
+from certrisk.schemas.columns import FACTORS, SAMPLE_RISK_COLUMNS, conform
+from certrisk.schemas.enums import Tier
+from certrisk.schemas.errors import InputError
+from certrisk.schemas.factors import NOT_MEASURED_NOTES
+from certrisk.schemas.policy import Policy, ScoringSpec
+from certrisk.schemas.rmf import evidence_ids
+
+#: Tier thresholds compare with this tolerance so that a weight equal to a threshold reaches it
+#: despite floating-point rounding of 1 - (1 - w).
+TIER_TOLERANCE = 1e-12
+
+_IDS_SHOWN = 5
+
+
+def some_ids(ids: Iterable) -> str:
+    """A few of ``ids`` for a message: the first five quoted, then how many more there are."""
+    ids = list(ids)
+    shown = ", ".join(repr(str(i)) for i in ids[:_IDS_SHOWN])
+    more = f" and {len(ids) - _IDS_SHOWN} more" if len(ids) > _IDS_SHOWN else ""
+    return f"{shown}{more}"
+
+
+# --------------------------------------------------------------------------------------------
+# sample tiers
+
+
+def assign_tiers(risk: np.ndarray, scoring: ScoringSpec) -> np.ndarray:
+    """Tier values (strings) for risks of shape (n_samples,), from the policy's thresholds."""
+    t = scoring.thresholds
+    r = np.asarray(risk, dtype=np.float64) + TIER_TOLERANCE
+    return np.select(
+        [r >= t[Tier.CRITICAL], r >= t[Tier.HIGH], r >= t[Tier.MEDIUM]],
+        [Tier.CRITICAL.value, Tier.HIGH.value, Tier.MEDIUM.value],
+        default=Tier.LOW.value,
+    ).astype(object)
+
+
+def tier_of(risk: float, scoring: ScoringSpec) -> Tier:
+    """The tier of one risk value."""
+    return Tier(assign_tiers(np.array([risk]), scoring)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# batch rules: each a named predicate on the facts, and the reason it gives when it fires
+
+
+@dataclass(frozen=True)
+class BatchRule:
+    """A batch rule: when ``fires(facts)``, the batch is at least ``tier`` for ``reason(facts)``."""
+
+    name: str
+    tier: Tier
+    fires: Callable[[BatchFacts], bool]
+    reason: Callable[[BatchFacts], str]
+
+
+def _abstention_elevated(b: BatchFacts) -> bool:
+    return b.abstention.elevated
+
+
+def _say_abstention_elevated(b: BatchFacts) -> str:
+    a = b.abstention
+    return (
+        f"abstention elevated: {a.k}/{a.n} = {a.k / a.n:.3f} against reference {a.reference_rate:.3f} "
+        f"({a.test} p = {a.p_value:.2e} < {a.level})"
+    )
+
+
+def _critical_share(b: BatchFacts) -> bool:
+    return b.shares.at_least[Tier.CRITICAL] > b.high_share
+
+
+def _say_critical_share(b: BatchFacts) -> str:
+    return f"share of critical samples {b.shares.at_least[Tier.CRITICAL]:.3f} > {b.high_share}"
+
+
+def _high_share(b: BatchFacts) -> bool:
+    return b.shares.at_least[Tier.HIGH] > b.high_share
+
+
+def _say_high_share(b: BatchFacts) -> str:
+    return f"share of high or critical samples {b.shares.at_least[Tier.HIGH]:.3f} > {b.high_share}"
+
+
+def _abstention_and_high_share(b: BatchFacts) -> bool:
+    return _abstention_elevated(b) and _high_share(b)
+
+
+def _say_abstention_and_high_share(b: BatchFacts) -> str:
+    return (
+        f"abstention elevated and the share of high or critical samples above {b.high_share}: "
+        "the signature of an attack or a shift that defeats certification"
+    )
+
+
+def _medium_share(b: BatchFacts) -> bool:
+    return b.shares.at_least[Tier.MEDIUM] > b.high_share
+
+
+def _say_medium_share(b: BatchFacts) -> str:
+    return f"share of medium or higher samples {b.shares.at_least[Tier.MEDIUM]:.3f} > {b.high_share}"
+
+
+def _drift_detected(b: BatchFacts) -> bool:
+    return b.drift is not None and b.drift.detected
+
+
+def _say_drift_detected(b: BatchFacts) -> str:
+    d = b.drift
+    return (
+        f"drift detected: {len(d.rejected)} of {d.n_tests} test(s) rejected after correction "
+        f"({some_ids(d.rejected)})"
+    )
+
+
+def _drift_and_abstention(b: BatchFacts) -> bool:
+    return _drift_detected(b) and _abstention_elevated(b)
+
+
+def _say_drift_and_abstention(b: BatchFacts) -> str:
+    return "drift detected and abstention elevated: the shift reaches the model's certified behaviour"
+
+
+def _expectations_failed(b: BatchFacts) -> bool:
+    return b.rules is not None and bool(b.rules.failed)
+
+
+def _say_expectations_failed(b: BatchFacts) -> str:
+    return f"{len(b.rules.failed)} rule expectation(s) failed: {some_ids(b.rules.failed)}"
+
+
+def _critical_batch_rule_failed(b: BatchFacts) -> bool:
+    return b.rules is not None and bool(b.rules.critical_batch)
+
+
+def _say_critical_batch_rule_failed(b: BatchFacts) -> str:
+    return f"critical batch-level rule(s) failed: {some_ids(b.rules.critical_batch)}"
+
+
+#: The batch rules, evaluated in this order; ``reasons`` keeps this order within a tier.
+BATCH_RULES: tuple[BatchRule, ...] = (
+    BatchRule("abstention_elevated", Tier.HIGH, _abstention_elevated, _say_abstention_elevated),
+    BatchRule("critical_share", Tier.CRITICAL, _critical_share, _say_critical_share),
+    BatchRule("high_share", Tier.HIGH, _high_share, _say_high_share),
+    BatchRule(
+        "abstention_and_high_share", Tier.CRITICAL, _abstention_and_high_share, _say_abstention_and_high_share
+    ),
+    BatchRule("medium_share", Tier.MEDIUM, _medium_share, _say_medium_share),
+    BatchRule("drift", Tier.HIGH, _drift_detected, _say_drift_detected),
+    BatchRule("drift_and_abstention", Tier.CRITICAL, _drift_and_abstention, _say_drift_and_abstention),
+    BatchRule("expectations_failed", Tier.MEDIUM, _expectations_failed, _say_expectations_failed),
+    BatchRule(
+        "critical_batch_rule", Tier.CRITICAL, _critical_batch_rule_failed, _say_critical_batch_rule_failed
+    ),
+)
+
+
+def batch_reasons(facts: BatchFacts) -> list[tuple[Tier, str]]:
+    """(tier, reason) of every rule of BATCH_RULES that fires on ``facts``, in table order."""
+    return [(rule.tier, rule.reason(facts)) for rule in BATCH_RULES if rule.fires(facts)]
+
+
+# --------------------------------------------------------------------------------------------
+# batch summary
+
+
+def _abstention_fields(a: AbstentionFinding) -> dict:
+    return {
+        "n_samples": int(a.n),
+        "abstention_rate": a.k / a.n,
+        "reference_abstention_rate": a.reference_rate,
+        "abstention_test": a.test,
+        "abstention_p_value": a.p_value,
+        "abstention_elevated": a.elevated,
+    }
+
+
+def _drift_and_rule_fields(d: DriftFinding | None, r: RuleFinding | None) -> dict:
+    return {
+        "drift": None if d is None else d.detected,
+        "n_drift_tests": None if d is None else d.n_tests,
+        "n_drift_tests_rejected": None if d is None else len(d.rejected),
+        "drift_rejected": [] if d is None else d.rejected,
+        "rule_pass_rate": None if r is None else r.pass_rate,
+        "failed_expectations": [] if r is None else r.failed,
+    }
+
+
+def _summary(
+    sr: pd.DataFrame, facts: BatchFacts, reasons: list[tuple[Tier, str]], unmeasured: list[str]
+) -> dict:
+    ran = facts.tests_run
+    missing = unmeasured + [t.name for t in BATCH_TESTS if not ran[t.name]]
+    notes = [f"{name}: {NOT_MEASURED_NOTES.get(name, 'not measured')}" for name in unmeasured]
+    notes += [f"{t.name}: {t.not_measured}" for t in BATCH_TESTS if not ran[t.name]]
+    kinds = batch_evidence_kinds(
+        measured_factors=[name for name in FACTORS if name not in unmeasured],
+        test_kinds=[t.evidence for t in BATCH_TESTS if ran[t.name]],
+        unmeasured=bool(missing),
+    )
+    risk = sr["risk"].to_numpy(dtype=np.float64)
+    quant = np.quantile(risk, [0.5, 0.9, 0.99])
+    ranked = sorted(reasons, key=lambda r: r[0].rank, reverse=True)
+    return {
+        **_abstention_fields(facts.abstention),
+        "mean_risk": float(risk.mean()),
+        "risk_quantiles": {
+            "p50": float(quant[0]),
+            "p90": float(quant[1]),
+            "p99": float(quant[2]),
+            "max": float(risk.max()),
+        },
+        "tier_counts": facts.shares.counts,
+        "high_share": float(facts.shares.at_least[Tier.HIGH]),
+        **_drift_and_rule_fields(facts.drift, facts.rules),
+        "tier": max((t for t, _ in reasons), default=Tier.LOW).value,
+        "reasons": [f"{t.value}: {text}" for t, text in ranked],
+        "not_measured": missing,
+        "notes": notes,
+        "evidence_kinds": list(kinds),
+        "rmf_ids": list(evidence_ids(*kinds)),
+    }
+
+
+def score_batch(
+    sample_risk: pd.DataFrame,
+    *,
+    policy: Policy,
+    drift_tests: pd.DataFrame | None = None,
+    rule_expectations: pd.DataFrame | None = None,
+    reference_abstention_rate: float | None = None,
+    n_reference: int | None = None,
+    not_measured: Iterable[str] | None = None,
+) -> dict:
+    """Summarise a batch and give it a tier with the reasons.
+
+    Parameters
+    ----------
+    sample_risk : DataFrame with SAMPLE_RISK_COLUMNS (``score_samples`` output).
+    policy : the Policy (thresholds, high_share, abstention_p, drift alpha).
+    drift_tests : DataFrame with DRIFT_TEST_COLUMNS (``drift`` already after correction), or None.
+    rule_expectations : DataFrame with RULE_EXPECTATION_COLUMNS, or None.
+    reference_abstention_rate : abstention rate of the reference; None falls back to the
+        policy's ``scoring.reference_abstention_rate``; if both are None the test is not run.
+    n_reference : number of reference samples ``reference_abstention_rate`` was measured on
+        (None: the rate is taken as known). A rate from the policy counts as known and ignores
+        ``n_reference``. See ``batch_facts.abstention_test`` for the test each case uses.
+    not_measured : factors that were not measured; default ``sample_risk.attrs["not_measured"]``.
+
+    The batch tier is the highest tier of the rules of BATCH_RULES that fire, each listed in
+    ``reasons`` (highest tier first, table order within a tier; s = policy.scoring.high_share):
+
+    * critical: share of critical samples > s; abstention elevated and share of high+ samples
+      > s; drift detected and abstention elevated; a critical batch-level rule failed.
+    * high: share of high+ samples > s; abstention elevated (p < abstention_p); drift detected.
+    * medium: share of medium+ samples > s; any rule expectation failed.
+    * low otherwise.
+
+    Returns a JSON-able dict: n_samples, abstention_rate, reference_abstention_rate,
+    abstention_test, abstention_p_value, abstention_elevated, mean_risk, risk_quantiles
+    {p50, p90, p99, max}, tier_counts {low, medium, high, critical}, high_share, drift,
+    n_drift_tests, n_drift_tests_rejected, drift_rejected (test:feature names),
+    rule_pass_rate, failed_expectations, tier, reasons, not_measured, notes, evidence_kinds,
+    rmf_ids. Values that were not measured are None.
+    """
+    sr = conform(sample_risk, SAMPLE_RISK_COLUMNS, table="sample_risk")
+    if len(sr) == 0:
+        raise InputError("sample_risk: empty batch")
+    if not_measured is None:
+        not_measured = sample_risk.attrs.get("not_measured", [])
+    unmeasured = [name for name in FACTORS if name in set(not_measured)]
+    facts = gather_batch_facts(
+        sr,
+        policy.scoring,
+        drift_tests=drift_tests,
+        rule_expectations=rule_expectations,
+        reference_abstention_rate=reference_abstention_rate,
+        n_reference=n_reference,
+    )
+    return _summary(sr, facts, batch_reasons(facts), unmeasured)
+
+
+__all__ = [
+    "BATCH_RULES",
+    "TIER_TOLERANCE",
+    "BatchRule",
+    "assign_tiers",
+    "batch_reasons",
+    "score_batch",
+    "some_ids",
+    "tier_of",
+]

@@ -1,0 +1,45 @@
+"""The per-factor facts: one entry per factor, and every other statement of them derived from it."""
+
+from __future__ import annotations
+
+from certrisk.schemas import columns, policy, rmf
+from certrisk.schemas.enums import Severity
+from certrisk.schemas.factors import (
+    DEFAULT_WEIGHTS,
+    FACTOR_EVIDENCE,
+    FACTOR_SPECS,
+    FACTORS,
+    NOT_MEASURED_NOTES,
+    SEVERITY_FACTOR,
+)
+
+
+def test_factor_entries_are_complete_and_unique():
+    assert FACTORS == ("abstention", "radius_rank", "context", "rules", "novelty", "instability")
+    assert len(set(FACTORS)) == len(FACTORS)
+    for spec in FACTOR_SPECS:
+        assert 0.0 <= spec.weight <= 1.0, spec.name
+        assert spec.evidence in rmf.EVIDENCE, spec.name
+        assert len(spec.definition) > 40, spec.name
+        for word in ("safe", "secure", "not attacked"):
+            assert word not in spec.definition.lower(), spec.name
+
+
+def test_other_statements_derive_from_the_entries():
+    assert columns.FACTORS is FACTORS
+    assert [c for c in columns.SAMPLE_RISK_COLUMNS if c.startswith("factor_")] == [
+        f"factor_{f}" for f in FACTORS
+    ]
+    assert policy.DEFAULT_WEIGHTS == dict(DEFAULT_WEIGHTS) == {f.name: f.weight for f in FACTOR_SPECS}
+    assert policy.ScoringSpec().weights == policy.DEFAULT_WEIGHTS
+    assert rmf.FACTOR_EVIDENCE is FACTOR_EVIDENCE
+    assert dict(FACTOR_EVIDENCE) == {f.name: f.evidence for f in FACTOR_SPECS}
+    # factors computed from the certificates and predictions are always measured: no note
+    assert set(NOT_MEASURED_NOTES) == set(FACTORS) - {"abstention", "instability"}
+
+
+def test_severity_factor_rises_with_severity():
+    values = [SEVERITY_FACTOR[s.value] for s in Severity]
+    assert list(SEVERITY_FACTOR) == [s.value for s in Severity]
+    assert values[0] == 0.0 and values[-1] == 1.0
+    assert values == sorted(values) and len(set(values)) == len(values)
