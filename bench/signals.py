@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from certrisk.risk.drift import median_bandwidth, mmd_permutation_masks, mmd_test, resolve_device
+from certrisk.risk.device import resolve_device
+from certrisk.risk.drift import median_bandwidth, mmd_permutation_masks, mmd_test
 from certrisk.risk.rules import check_rules, profile_expectations
 
 

@@ -17,6 +17,7 @@ from certrisk.risk.drift import (
     bh_qvalues,
     classifier_test,
     detect_drift,
+    family_weights,
     feature_tests,
     knn_distances,
     mmd_permutation_masks,
@@ -265,8 +266,6 @@ def test_bad_input_names_the_fault():
 
 
 def test_family_weights_and_weighted_bh():
-    from certrisk.risk.drift import adjust_p_values, family_weights
-
     fams = ["u"] * 4 + ["k"]
     w = family_weights(fams)
     assert np.allclose(w, [5 / 8] * 4 + [5 / 2]) and np.isclose(w.mean(), 1.0)
