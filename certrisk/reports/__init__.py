@@ -3,10 +3,15 @@
 ::
 
     from certrisk.governance.store import GovernanceStore
-    from certrisk.reports import build_run_report, write_report
+    from certrisk.reports import build_run_report, render, write_report
 
     report = build_run_report(GovernanceStore(url), "scheduled__2026-01-02", edition="compliance")
     write_report(report, "run.html")          # or .pdf, .csv
+    pdf = render(report, "pdf")               # the bytes of a file, in any of FORMATS
+
+``run_report`` and ``period_report`` turn what a source read into a ``Report`` (sections of
+paragraphs, facts, tables and figures); ``render`` lays it out in each format, so every format
+says the same thing.
 
 The ``compliance`` edition reads only the compliance views (tiers, factors, aggregates, RMF
 evidence): no radius or confidence bound anywhere. The ``engineer`` edition adds the raw
@@ -14,8 +19,11 @@ certificates, per-test drift statistics, rule results and per-method resource fi
 ``certrisk.reports.dashboard`` serves the same content under ``/certrisk`` in Airflow's API server.
 """
 
-from certrisk.reports.build import FORMATS, build_period_report, build_run_report, parse_period, write_report
-from certrisk.reports.content import Report, period_report, run_report
+from certrisk.reports.build import build_period_report, build_run_report, parse_period, write_report
+from certrisk.reports.document import Report
+from certrisk.reports.period_content import period_report
+from certrisk.reports.rendering import FORMATS, render
+from certrisk.reports.run_content import run_report
 
 __all__ = [
     "FORMATS",
@@ -24,6 +32,7 @@ __all__ = [
     "build_run_report",
     "parse_period",
     "period_report",
+    "render",
     "run_report",
     "write_report",
 ]

@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 
 from certrisk.governance.store import GovernanceStore
-from certrisk.reports.content import Report, period_report, run_report
+from certrisk.reports.document import Report
+from certrisk.reports.period_content import period_report
+from certrisk.reports.rendering import FORMATS, render
+from certrisk.reports.run_content import run_report
 from certrisk.reports.sources import source_for
 from certrisk.schemas.enums import Edition
 from certrisk.schemas.errors import InputError
 
-FORMATS = ("html", "pdf", "csv")
 _PERIOD = re.compile(r"^\s*(\d+)\s*d?\s*$")
 
 
@@ -58,19 +60,10 @@ def write_report(report: Report, path: str | Path, fmt: str | None = None) -> Pa
     """Write ``report`` to ``path`` as html, pdf or csv (default: from the suffix); returns the path."""
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".") or "html").lower()
-    if fmt not in FORMATS:
+    if fmt not in FORMATS:  # before any directory is made
         raise InputError(f"unknown report format {fmt!r}; known: {list(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    if fmt == "html":
-        from certrisk.reports.html import render_html
-
-        tmp.write_text(render_html(report), encoding="utf-8")
-    elif fmt == "pdf":
-        from certrisk.reports.pdf import render_pdf
-
-        tmp.write_bytes(render_pdf(report))
-    else:
-        report.csv.to_csv(tmp, index=False)
+    tmp.write_bytes(render(report, fmt))
     tmp.replace(path)
     return path

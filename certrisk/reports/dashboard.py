@@ -17,12 +17,14 @@ error in the API server; a missing SQLite file is not created.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 import sqlalchemy as sa
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from markupsafe import Markup
 
@@ -30,15 +32,19 @@ import certrisk
 from certrisk.governance.store import GovernanceStore, mask_url
 from certrisk.reports import plots
 from certrisk.reports.build import build_period_report, build_run_report
-from certrisk.reports.content import fmt_num, fmt_pct, fmt_time
+from certrisk.reports.document import FLAGGED_TIERS
+from certrisk.reports.formatting import fmt_num, fmt_pct, fmt_time
 from certrisk.reports.html import environment, render_html, stylesheet
 from certrisk.reports.sources import RunNotFoundError
-from certrisk.schemas.enums import Edition, Tier
+from certrisk.schemas.clock import utc_now
+from certrisk.schemas.enums import Edition
 from certrisk.schemas.errors import CertriskError, StoreError
 from certrisk.schemas.rmf import catalog
 from certrisk.schemas.settings import default_db_url
 
 RECENT_RUNS = 50
+#: Days of a period: 1 to 3650.
+Days = Annotated[int, Query(ge=1, le=3650)]
 
 
 class DatabaseMissing(StoreError):
@@ -69,6 +75,31 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
+def _db_label(app: FastAPI) -> str:
+    return mask_url(app.state.db_url or default_db_url())
+
+
+def _root(request: Request) -> str:
+    """Where the app is mounted (``/certrisk`` in Airflow's API server)."""
+    return request.scope.get("root_path", "")
+
+
+def _page(app: FastAPI, request: Request, **context) -> str:
+    """The dashboard template rendered with the footer's facts and ``context``."""
+    return (
+        environment()
+        .get_template("dashboard.html.j2")
+        .render(
+            css=Markup(stylesheet()),
+            db=_db_label(app),
+            version=certrisk.__version__,
+            generated=fmt_time(utc_now()),
+            root=_root(request),
+            **context,
+        )
+    )
+
+
 def _problem_page(app: FastAPI, request: Request, exc: Exception) -> HTMLResponse:
     missing = isinstance(exc, DatabaseMissing)
     title = "No governance database yet" if missing else "The governance database is not available"
@@ -78,35 +109,15 @@ def _problem_page(app: FastAPI, request: Request, exc: Exception) -> HTMLRespons
         if missing
         else "Check CERTRISK_DB_URL and that the schema is migrated (`certrisk db upgrade`)."
     )
-    html = (
-        environment()
-        .get_template("dashboard.html.j2")
-        .render(
-            css=Markup(stylesheet()),
-            message_title=title,
-            message=str(exc),
-            hint=hint,
-            db=_db_label(app),
-            version=certrisk.__version__,
-            generated=fmt_time(datetime.now(UTC)),
-            root=request.scope.get("root_path", ""),
-        )
-    )
+    html = _page(app, request, message_title=title, message=str(exc), hint=hint)
     return HTMLResponse(html, status_code=503)
 
 
-def _db_label(app: FastAPI) -> str:
-    return mask_url(app.state.db_url or default_db_url())
+# ------------------------------------------------------------------------------------ overview
 
 
-def _overview(app: FastAPI, request: Request, days: int) -> str:
-    store = _store(app)
-    runs = store.list_runs(limit=RECENT_RUNS)
-    since = datetime.now(UTC) - timedelta(days=days)
-    period = store.list_runs(since=since)
-    trend = store.trend(days=days)
-    coverage = store.rmf_coverage()
-    rows = [
+def _run_rows(runs: pd.DataFrame) -> list[dict]:
+    return [
         {
             "created": fmt_time(r.created_at),
             "model": r.model,
@@ -121,47 +132,137 @@ def _overview(app: FastAPI, request: Request, days: int) -> str:
         }
         for r in runs.itertuples(index=False)
     ]
+
+
+def _model_trends(period: pd.DataFrame, trend: pd.DataFrame) -> list[dict]:
+    """Per model: a one-line summary of its runs in the period and its daily trend figure."""
     models = []
     for name, g in trend.groupby("model", sort=True):
         model_runs = period.loc[period["model"] == name]
-        flagged = int(model_runs["tier"].isin([Tier.HIGH.value, Tier.CRITICAL.value]).sum())
+        flagged = int(model_runs["tier"].isin(FLAGGED_TIERS).sum())
         summary = (
             f"{len(model_runs)} runs, {int(model_runs['n_samples'].sum()):,} samples, {flagged} at tier high or "
             f"critical; latest tier {model_runs['tier'].iloc[0] if len(model_runs) else 'n/a'}."
         )
         models.append({"name": name, "summary": summary, "png": plots.daily_trend(g)})
+    return models
+
+
+def _rmf_by_function(coverage: pd.DataFrame) -> list[tuple[str, list[dict]]]:
     rmf: dict[str, list[dict]] = {}
     for r in coverage.itertuples(index=False):
         rmf.setdefault(r.function, []).append(
             {"id": r.subcategory_id, "text": r.text, "covered": bool(r.covered), "n_runs": int(r.n_runs)}
         )
-    flagged_total = int(period["tier"].isin([Tier.HIGH.value, Tier.CRITICAL.value]).sum())
+    return list(rmf.items())
+
+
+def _overview(app: FastAPI, request: Request, days: int) -> str:
+    store = _store(app)
+    runs = store.list_runs(limit=RECENT_RUNS)
+    period = store.list_runs(since=utc_now() - timedelta(days=days))
+    trend = store.trend(days=days)
+    coverage = store.rmf_coverage()
+    covered = int(coverage["covered"].sum())
     kpis = [
         (f"Runs, last {days} days", str(len(period))),
-        ("High or critical runs", str(flagged_total)),
+        ("High or critical runs", str(int(period["tier"].isin(FLAGGED_TIERS).sum()))),
         ("Samples scored", f"{int(period['n_samples'].sum()):,}"),
         ("Models", str(period["model"].nunique())),
-        ("RMF subcategories evidenced", f"{int(coverage['covered'].sum())} of {len(catalog())}"),
+        ("RMF subcategories evidenced", f"{covered} of {len(catalog())}"),
     ]
-    return (
-        environment()
-        .get_template("dashboard.html.j2")
-        .render(
-            css=Markup(stylesheet()),
-            message=None,
-            db=_db_label(app),
-            kpis=kpis,
-            runs=rows,
-            models=models,
-            days=days,
-            rmf=list(rmf.items()),
-            covered=int(coverage["covered"].sum()),
-            total=len(catalog()),
-            version=certrisk.__version__,
-            generated=fmt_time(datetime.now(UTC)),
-            root=request.scope.get("root_path", ""),
-        )
+    return _page(
+        app,
+        request,
+        message=None,
+        kpis=kpis,
+        runs=_run_rows(runs),
+        models=_model_trends(period, trend),
+        days=days,
+        rmf=_rmf_by_function(coverage),
+        covered=covered,
+        total=len(catalog()),
     )
+
+
+# ------------------------------------------------------------------------------------ routes
+
+
+def _html(request: Request, build: Callable[[], str]) -> HTMLResponse:
+    """``build()``'s page; an unknown run gives 404, any other certrisk error the problem page."""
+    try:
+        return HTMLResponse(build())
+    except RunNotFoundError as exc:
+        return HTMLResponse(f"<p>{Markup.escape(str(exc))}</p>", status_code=404)
+    except CertriskError as exc:
+        return _problem_page(request.app, request, exc)
+
+
+def _json(build: Callable[[], object]) -> JSONResponse:
+    """``build()``'s data as JSON; a certrisk error gives 503 with the error."""
+    try:
+        return JSONResponse(build())
+    except CertriskError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+
+#: The dashboard's routes, relative to where the app is mounted.
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request, days: Days = 30) -> HTMLResponse:
+    return _html(request, lambda: _overview(request.app, request, days))
+
+
+@router.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, dag_id: str, run_id: str) -> HTMLResponse:
+    def build() -> str:
+        store = _store(request.app)
+        report = build_run_report(store, run_id, dag_id=dag_id, edition=Edition.COMPLIANCE)
+        return render_html(report, back_link=_root(request) + "/")
+
+    return _html(request, build)
+
+
+@router.get("/period", response_class=HTMLResponse)
+def period_page(request: Request, model: str | None = None, days: Days = 30) -> HTMLResponse:
+    def build() -> str:
+        store = _store(request.app)
+        report = build_period_report(store, model=model, days=days, edition=Edition.COMPLIANCE)
+        return render_html(report, back_link=_root(request) + "/")
+
+    return _html(request, build)
+
+
+@router.get("/api/runs")
+def api_runs(
+    request: Request, model: str | None = None, limit: int = Query(RECENT_RUNS, ge=1, le=10_000)
+) -> JSONResponse:
+    def build() -> list[dict]:
+        runs = _store(request.app).list_runs(model=model, limit=limit)
+        return _records(runs.drop(columns=["limitations"]))
+
+    return _json(build)
+
+
+@router.get("/api/trend")
+def api_trend(request: Request, model: str | None = None, days: Days = 30) -> JSONResponse:
+    return _json(lambda: _records(_store(request.app).trend(model=model, days=days).astype({"day": str})))
+
+
+@router.get("/api/rmf-coverage")
+def api_rmf(request: Request, model: str | None = None) -> JSONResponse:
+    return _json(lambda: _records(_store(request.app).rmf_coverage(model=model)))
+
+
+@router.get("/health")
+def health(request: Request) -> JSONResponse:
+    try:
+        n = len(_store(request.app).list_runs(limit=1))
+    except CertriskError as exc:
+        return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ok", "database": _db_label(request.app), "has_runs": bool(n)})
 
 
 def create_app(db_url: str | None = None) -> FastAPI:
@@ -173,67 +274,7 @@ def create_app(db_url: str | None = None) -> FastAPI:
     )
     app.state.db_url = db_url
     app.state.stores = {}
-
-    def guarded(request: Request, build) -> HTMLResponse:
-        try:
-            return HTMLResponse(build())
-        except CertriskError as exc:
-            if isinstance(exc, RunNotFoundError):
-                return HTMLResponse(f"<p>{Markup.escape(str(exc))}</p>", status_code=404)
-            return _problem_page(app, request, exc)
-
-    @app.get("/", response_class=HTMLResponse)
-    def overview(request: Request, days: int = Query(30, ge=1, le=3650)) -> HTMLResponse:
-        return guarded(request, lambda: _overview(app, request, days))
-
-    @app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)
-    def run_page(request: Request, dag_id: str, run_id: str) -> HTMLResponse:
-        def build():
-            report = build_run_report(_store(app), run_id, dag_id=dag_id, edition=Edition.COMPLIANCE)
-            return render_html(report, back_link=request.scope.get("root_path", "") + "/")
-
-        return guarded(request, build)
-
-    @app.get("/period", response_class=HTMLResponse)
-    def period_page(
-        request: Request, model: str | None = None, days: int = Query(30, ge=1, le=3650)
-    ) -> HTMLResponse:
-        def build():
-            report = build_period_report(_store(app), model=model, days=days, edition=Edition.COMPLIANCE)
-            return render_html(report, back_link=request.scope.get("root_path", "") + "/")
-
-        return guarded(request, build)
-
-    def api(build):
-        try:
-            return JSONResponse(build())
-        except CertriskError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503)
-
-    @app.get("/api/runs")
-    def api_runs(model: str | None = None, limit: int = Query(RECENT_RUNS, ge=1, le=10_000)) -> JSONResponse:
-        def build():
-            runs = _store(app).list_runs(model=model, limit=limit)
-            return _records(runs.drop(columns=["limitations"]))
-
-        return api(build)
-
-    @app.get("/api/trend")
-    def api_trend(model: str | None = None, days: int = Query(30, ge=1, le=3650)) -> JSONResponse:
-        return api(lambda: _records(_store(app).trend(model=model, days=days).astype({"day": str})))
-
-    @app.get("/api/rmf-coverage")
-    def api_rmf(model: str | None = None) -> JSONResponse:
-        return api(lambda: _records(_store(app).rmf_coverage(model=model)))
-
-    @app.get("/health")
-    def health() -> JSONResponse:
-        try:
-            n = len(_store(app).list_runs(limit=1))
-        except CertriskError as exc:
-            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "database": _db_label(app), "has_runs": bool(n)})
-
+    app.include_router(router)
     return app
 
 

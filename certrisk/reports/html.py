@@ -11,7 +11,8 @@ import jinja2
 from markupsafe import Markup, escape
 
 import certrisk
-from certrisk.reports.content import Report, fmt_time
+from certrisk.reports.document import Report
+from certrisk.reports.formatting import fmt_time
 
 TIER_LABELS = ("Batch tier", "Worst tier")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")

@@ -25,7 +25,9 @@ from reportlab.platypus import (
 )
 
 import certrisk
-from certrisk.reports.content import Report, fmt_time
+from certrisk.reports.document import Report, Section
+from certrisk.reports.document import Table as ReportTable
+from certrisk.reports.formatting import fmt_time
 from certrisk.reports.plots import TIER_COLORS
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
@@ -111,7 +113,7 @@ def _inline(text: str) -> str:
     return _BOLD.sub(r"<b>\1</b>", _text(text))
 
 
-def _table(t, st, width: float) -> Table:
+def _table(t: ReportTable, st, width: float) -> Table:
     n = len(t.columns)
     widths = [w * width for w in t.widths] if t.widths and len(t.widths) == n else [width / n] * n
     data = [[Paragraph(_text(c), st["head"]) for c in t.columns]]
@@ -144,6 +146,105 @@ def _image(png: bytes, max_width: float) -> Image:
     return Image(io.BytesIO(png), width=w * scale, height=h * scale)
 
 
+def _headline(report: Report, st, width: float) -> Table:
+    """The headline figures as one row of labelled cells."""
+    value = ParagraphStyle("kv", parent=st["body"], fontSize=13, leading=16)
+    n = len(report.headline)
+    kpi = Table(
+        [
+            [Paragraph(_text(k), st["small"]) for k, _ in report.headline],
+            [Paragraph(f"<b>{_text(v)}</b>", value) for _, v in report.headline],
+        ],
+        colWidths=[width / max(n, 1)] * n,
+    )
+    kpi.setStyle(
+        TableStyle(
+            [
+                ("BOX", (0, 0), (-1, -1), 0.4, LINE),
+                ("INNERGRID", (0, 0), (-1, -1), 0.4, LINE),
+                ("BACKGROUND", (0, 0), (-1, -1), colors.white),
+            ]
+        )
+    )
+    return kpi
+
+
+def _bullets(items: list[str], st) -> ListFlowable:
+    return ListFlowable(
+        [ListItem(Paragraph(_text(b), st["body"]), leftIndent=10) for b in items],
+        bulletType="bullet",
+        start="\u2022",
+        leftIndent=10,
+    )
+
+
+def _facts(facts: list[tuple[str, str]], st, width: float) -> Table:
+    table = Table(
+        [[Paragraph(_text(k), st["small"]), Paragraph(_text(v), st["cell"])] for k, v in facts],
+        colWidths=[0.22 * width, 0.78 * width],
+    )
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TOPPADDING", (0, 0), (-1, -1), 1),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
+            ]
+        )
+    )
+    return table
+
+
+def _figures(figures: list, width: float) -> Table:
+    """Figures side by side, up to three per row."""
+    per_row = min(len(figures), 3)
+    cell = width / per_row
+    imgs = [_image(f.png, cell - 4) for f in figures]
+    rows = [imgs[i : i + per_row] for i in range(0, len(imgs), per_row)]
+    rows[-1] += [""] * (per_row - len(rows[-1]))
+    return Table(rows, colWidths=[cell] * per_row)
+
+
+def _section(s: Section, st, width: float) -> list:
+    """One section's flowables: title, paragraphs, bullets and facts kept together, then the
+    markdown statement, figures, tables and notes."""
+    head: list = [Paragraph(_text(s.title), st["h2"])]
+    head += [Paragraph(_text(p), st["body"]) for p in s.paragraphs]
+    if s.bullets:
+        head.append(_bullets(s.bullets, st))
+    if s.facts:
+        head.append(_facts(s.facts, st, width))
+    story: list = [KeepTogether(head)]
+    if s.markdown:
+        story += _markdown(s.markdown, st)
+    if s.figures:
+        story.append(_figures(s.figures, width))
+    for t in s.tables:
+        if t.caption:
+            story.append(Paragraph(_text(t.caption), st["small"]))
+        story += [_table(t, st, width), Spacer(1, 4)]
+    return story + [Paragraph(_text(n), st["small"]) for n in s.notes]
+
+
+def _footer(report: Report, page, margin: float):
+    """The page callback that writes the version, edition, generation time and page number."""
+
+    def draw(canvas, doc) -> None:
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7)
+        canvas.setFillColor(MUTED)
+        canvas.drawString(
+            margin,
+            8 * mm,
+            f"certrisk {certrisk.__version__} | {report.edition.value} edition | "
+            f"generated {fmt_time(report.generated_at)}",
+        )
+        canvas.drawRightString(page[0] - margin, 8 * mm, f"page {doc.page}")
+        canvas.restoreState()
+
+    return draw
+
+
 def render_pdf(report: Report) -> bytes:
     """The report as PDF bytes (A4 landscape, so wide tables keep readable columns)."""
     st = _styles()
@@ -167,84 +268,11 @@ def render_pdf(report: Report) -> bytes:
         Spacer(1, 6),
         Paragraph(_text(report.edition_note), st["note"]),
         Spacer(1, 8),
+        _headline(report, st, width),
+        Spacer(1, 6),
     ]
-    kpi = Table(
-        [
-            [Paragraph(_text(k), st["small"]) for k, _ in report.headline],
-            [
-                Paragraph(
-                    f"<b>{_text(v)}</b>", ParagraphStyle("kv", parent=st["body"], fontSize=13, leading=16)
-                )
-                for _, v in report.headline
-            ],
-        ],
-        colWidths=[width / max(len(report.headline), 1)] * len(report.headline),
-    )
-    kpi.setStyle(
-        TableStyle(
-            [
-                ("BOX", (0, 0), (-1, -1), 0.4, LINE),
-                ("INNERGRID", (0, 0), (-1, -1), 0.4, LINE),
-                ("BACKGROUND", (0, 0), (-1, -1), colors.white),
-            ]
-        )
-    )
-    story += [kpi, Spacer(1, 6)]
     for s in report.sections:
-        head: list = [Paragraph(_text(s.title), st["h2"])]
-        head += [Paragraph(_text(p), st["body"]) for p in s.paragraphs]
-        if s.bullets:
-            head.append(
-                ListFlowable(
-                    [ListItem(Paragraph(_text(b), st["body"]), leftIndent=10) for b in s.bullets],
-                    bulletType="bullet",
-                    start="\u2022",
-                    leftIndent=10,
-                )
-            )
-        if s.facts:
-            facts = Table(
-                [[Paragraph(_text(k), st["small"]), Paragraph(_text(v), st["cell"])] for k, v in s.facts],
-                colWidths=[0.22 * width, 0.78 * width],
-            )
-            facts.setStyle(
-                TableStyle(
-                    [
-                        ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                        ("TOPPADDING", (0, 0), (-1, -1), 1),
-                        ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
-                    ]
-                )
-            )
-            head.append(facts)
-        story.append(KeepTogether(head))
-        if s.markdown:
-            story += _markdown(s.markdown, st)
-        if s.figures:
-            per_row = min(len(s.figures), 3)
-            cell = width / per_row
-            imgs = [_image(f.png, cell - 4) for f in s.figures]
-            rows = [imgs[i : i + per_row] for i in range(0, len(imgs), per_row)]
-            rows[-1] += [""] * (per_row - len(rows[-1]))
-            story.append(Table(rows, colWidths=[cell] * per_row))
-        for t in s.tables:
-            if t.caption:
-                story.append(Paragraph(_text(t.caption), st["small"]))
-            story += [_table(t, st, width), Spacer(1, 4)]
-        story += [Paragraph(_text(n), st["small"]) for n in s.notes]
-
-    def _footer(canvas, doc_):
-        canvas.saveState()
-        canvas.setFont("Helvetica", 7)
-        canvas.setFillColor(MUTED)
-        canvas.drawString(
-            margin,
-            8 * mm,
-            f"certrisk {certrisk.__version__} | {report.edition.value} edition | "
-            f"generated {fmt_time(report.generated_at)}",
-        )
-        canvas.drawRightString(page[0] - margin, 8 * mm, f"page {doc_.page}")
-        canvas.restoreState()
-
-    doc.build(story, onFirstPage=_footer, onLaterPages=_footer)
+        story += _section(s, st, width)
+    footer = _footer(report, page, margin)
+    doc.build(story, onFirstPage=footer, onLaterPages=footer)
     return buf.getvalue()

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from certrisk.schemas.clock import as_utc_timestamp
 from certrisk.schemas.enums import Tier
 
 TIER_COLORS = {
@@ -168,7 +169,7 @@ def runs_by_tier(runs: pd.DataFrame) -> bytes:
     """Stacked bars: recorded runs per day, by batch tier."""
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
     if len(runs):
-        day = pd.to_datetime(runs["created_at"], utc=True).dt.tz_convert(None).dt.normalize()
+        day = pd.Series([as_utc_timestamp(v).normalize() for v in runs["created_at"]], index=runs.index)
         table = pd.crosstab(day, runs["tier"]).reindex(columns=[t.value for t in Tier], fill_value=0)
         bottom = np.zeros(len(table))
         for t in table.columns:

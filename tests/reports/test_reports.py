@@ -13,7 +13,7 @@ import pytest
 from conftest import SHOTS, assert_not_blank
 
 from certrisk.reports import build_period_report, build_run_report, parse_period, write_report
-from certrisk.reports.content import crosswalk
+from certrisk.reports.crosswalk import crosswalk
 from certrisk.reports.sources import RunNotFoundError
 from certrisk.schemas.enums import Edition
 from certrisk.schemas.errors import InputError
