@@ -50,7 +50,7 @@ class ComplianceReportOperator(CertriskOperator):
         return GovernanceHook(certrisk_conn_id=self.certrisk_conn_id)
 
     def run(self, context: Context) -> dict:
-        from certrisk.reports import FORMATS, build_run_report
+        from certrisk.reports import FORMATS, build_run_report, render
 
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown:
@@ -62,9 +62,11 @@ class ComplianceReportOperator(CertriskOperator):
                 self.hook.get_store(), dag_run.run_id, dag_id=dag_run.dag_id, edition=edition
             )
             root = self.run_dir(context)
-            paths = {
-                fmt: self._write(report, root / f"report-{edition.value}.{fmt}", fmt) for fmt in self.formats
-            }
+            paths = {}
+            for fmt in self.formats:
+                path = root / f"report-{edition.value}.{fmt}"
+                path.write_bytes(render(report, fmt))
+                paths[fmt] = str(path)
         except Exception as exc:  # noqa: BLE001 - a report is a side path: warn, never fail the run
             self.log.warning(
                 "report: the %s report of %s/%s failed: %s: %s",
@@ -77,17 +79,3 @@ class ComplianceReportOperator(CertriskOperator):
             return {"status": "failed", "edition": edition.value, "error": f"{type(exc).__name__}: {exc}"}
         self.log.info("report: %s edition written: %s", edition.value, ", ".join(paths.values()))
         return {"status": "written", "edition": edition.value, "tier": report.tier, **paths}
-
-    @staticmethod
-    def _write(report, path, fmt: str) -> str:
-        if fmt == "html":
-            from certrisk.reports.html import render_html
-
-            path.write_text(render_html(report))
-        elif fmt == "pdf":
-            from certrisk.reports.pdf import render_pdf
-
-            path.write_bytes(render_pdf(report))
-        else:
-            path.write_text(report.csv.to_csv(index=False))
-        return str(path)
