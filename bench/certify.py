@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from certrisk.risk.certify import derive_seeds, smooth_certify
 from certrisk.risk.certify.noise import normal_rows
-from certrisk.risk.certify.smoothing import CANDIDATE_ROWS, measure_forward_rows
+from certrisk.risk.certify.packing import CANDIDATE_ROWS, measure_forward_rows
 from certrisk.risk.certify.stats import clopper_pearson_lower, smoothing_radius
 from certrisk.risk.models import digits_cnn, select_device, train_classifier
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from certrisk.operators.artifacts import read_parquet
 from certrisk.risk.data import Batch, load_batch, validate_frame
 from certrisk.schemas.columns import SAMPLE_ID
@@ -45,10 +43,4 @@ def read_staged_batch(
 
 def reference_sample(reference: Batch, max_size: int | None, *, seed: int = 0) -> Batch:
     """A seeded subsample of the reference set of at most ``max_size`` rows (all rows when None)."""
-    if max_size is None or len(reference) <= max_size:
-        return reference
-    rows = np.sort(np.random.default_rng(seed).choice(len(reference), size=max_size, replace=False))
-    labels = None if reference.labels is None else reference.labels[rows]
-    return Batch(
-        reference.batch_id, reference.ids[rows], reference.features[rows], reference.feature_names, labels
-    )
+    return reference.subsample(max_size, seed=seed)

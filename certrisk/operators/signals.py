@@ -4,23 +4,23 @@ certificate context (the radius against the geometry of the reference data)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property, partial
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import torch
 from airflow.sdk import Context
 
 from certrisk.operators.artifacts import read_parquet, write_parquet
 from certrisk.operators.base import CertriskOperator
+from certrisk.operators.cache import ArtifactCache
 from certrisk.operators.reference import load_reference, read_staged_batch, reference_sample
-from certrisk.risk.certify import certify_with_spec, derive_seeds
-from certrisk.risk.context import cached_reference_radii, certificate_context
-from certrisk.risk.data import batch_sha256
+from certrisk.risk.context import batch_context
+from certrisk.risk.data import Batch, batch_sha256
 from certrisk.risk.drift import detect_drift
-from certrisk.risk.models import load_model
+from certrisk.risk.models import LoadedModel, load_model
+from certrisk.risk.reference import ReferenceProfile, certify_reference, reference_certificates_key
 from certrisk.risk.rules import build_expectations, check_rules
-from certrisk.schemas.columns import SAMPLE_ID
+from certrisk.schemas.errors import ModelLoadError
+from certrisk.schemas.policy import MethodSpec
 
 
 class _BatchOperator(CertriskOperator):
@@ -110,10 +110,11 @@ class ContextOperator(CertriskOperator):
     """Put each certificate in context: distances to the nearest reference samples of another
     and of the same class, the share of reference samples inside the certified ball, and the
     radius's percentile among the reference set's own radii (certified once per model, policy
-    and reference, cached under CERTRISK_HOME).
+    and reference, kept in the artifact cache under CERTRISK_HOME).
 
     :param batch: the ValidateBatchOperator's dict; :param certified: the merge step's dict.
-    Writes ``context.parquet``; returns the reference abstention rate the batch test uses.
+    Writes ``context.parquet``; returns the reference abstention rate of the driving method (the
+    batch abstention test's baseline) and per-method reference figures under ``reference``.
     """
 
     template_fields: Sequence[str] = (*CertriskOperator.template_fields, "batch", "certified")
@@ -125,82 +126,65 @@ class ContextOperator(CertriskOperator):
         self.device = device
 
     def run(self, context: Context) -> dict:
-        lp = self.loaded_policy
-        pol = lp.policy
-        batch = read_staged_batch(lp, self.batch)
-        reference = reference_sample(load_reference(lp), pol.drift.max_reference)
-        certs = read_parquet(self.certified["certificates"])
-        loaded = None
-        frames, ref_stats = [], {}
-        ref_x = reference.features
-        for spec in pol.certification.methods:
-            method = str(spec.method)
-            rows = certs[certs["method"] == method]
-            if rows.empty:
-                continue
-            rows = rows.set_index(SAMPLE_ID).loc[batch.ids]
-
-            computed: dict = {}
-
-            def reference_certificates(spec=spec, method=method, computed=computed):
-                nonlocal loaded
-                if "cert" not in computed:
-                    loaded = loaded or load_model(
-                        pol.model, lp.model_path, device=self.device or pol.certification.device
-                    )
-                    x = torch.as_tensor(reference.inputs(pol.model.input_shape))
-                    seeds = derive_seeds("reference", reference.ids, method)
-                    computed["cert"] = certify_with_spec(
-                        loaded.module, x, spec, seeds=seeds, device=loaded.device
-                    )
-                return computed["cert"]
-
-            key = {
-                "model": self.certified["model_sha256"],
-                "policy": lp.sha256,
-                "reference": batch_sha256(reference),
-                "method": method,
-            }
-            ref_radius = cached_reference_radii(
-                {**key, "field": "radius"}, lambda f=reference_certificates: f().radius
-            )
-            ref_abstained = cached_reference_radii(
-                {**key, "field": "abstained"},
-                lambda f=reference_certificates: f().abstained.astype(np.float64),
-            ).astype(bool)
-            ref_stats[method] = {
-                "abstention_rate": float(ref_abstained.mean()),
-                "n_reference": len(ref_radius),
-                "median_radius": float(np.median(ref_radius[~ref_abstained]))
-                if (~ref_abstained).any()
-                else 0.0,
-            }
-            frames.append(
-                certificate_context(
-                    batch.features,
-                    rows["radius"].to_numpy(dtype=np.float64),
-                    rows["prediction"].to_numpy(dtype=np.int64),
-                    ref_x,
-                    reference.labels,
-                    norm=str(spec.norm),
-                    ids=batch.ids,
-                    method=method,
-                    reference_radii=ref_radius[~ref_abstained],
-                )
-            )
-        frame = pd.concat(frames, ignore_index=True)
-        smoothing = pol.certification.smoothing
-        primary = str(smoothing.method) if smoothing is not None else next(iter(ref_stats))
+        pol = self.loaded_policy.policy
+        batch = read_staged_batch(self.loaded_policy, self.batch)
+        reference = reference_sample(load_reference(self.loaded_policy), pol.drift.max_reference)
+        certificates = read_parquet(self.certified["certificates"])
+        specs = [s for s in pol.certification.methods if (certificates["method"] == str(s.method)).any()]
+        profile = ReferenceProfile().fit(
+            reference.features, reference.labels, certificates=self.reference_certificates(reference, specs)
+        )
+        frame = batch_context(profile, batch.features, certificates, ids=batch.ids, specs=specs)
+        driving = str(pol.certification.driving.method)
         out = {
             "context": write_parquet(self.run_dir(context) / "context.parquet", frame),
-            "reference": ref_stats,
-            "reference_abstention_rate": ref_stats[primary]["abstention_rate"],
-            "n_reference": ref_stats[primary]["n_reference"],
+            "reference": {str(s.method): profile.certificate_summary(s.method) for s in specs},
+            "reference_abstention_rate": profile.abstention_rate(driving),
+            "n_reference": profile.n_reference_,
         }
         self.log.info(
-            "context: %d rows; reference abstention %.1f%% over %d reference samples",
+            "context: %d rows; reference abstention of %s %.1f%% over %d reference samples",
             len(frame),
+            driving,
             100 * out["reference_abstention_rate"],
             out["n_reference"],
         )
         return out
+
+    def reference_certificates(self, reference: Batch, specs: Sequence[MethodSpec]) -> dict[str, dict]:
+        """{method: {"radius", "abstained"}} of the reference set, from the artifact cache; the
+        reference is certified (and the model loaded) only for methods the cache lacks."""
+        lp = self.loaded_policy
+        device = self.device or lp.policy.certification.device
+        cache, reference_sha256 = ArtifactCache(), batch_sha256(reference)
+        inputs = reference.inputs(lp.policy.model.input_shape)
+        out = {}
+        for spec in specs:
+            key = reference_certificates_key(
+                spec,
+                model_sha256=self.certified["model_sha256"],
+                policy_sha256=lp.sha256,
+                reference_sha256=reference_sha256,
+                device=device,
+            )
+            out[str(spec.method)] = cache.get_or_compute_arrays(
+                "reference_certificates", key, partial(self._certify_reference, inputs, reference.ids, spec)
+            )
+        return out
+
+    def _certify_reference(self, inputs, ids, spec: MethodSpec) -> dict:
+        loaded = self.model
+        if loaded.sha256 != self.certified["model_sha256"]:
+            raise ModelLoadError(
+                f"{loaded.path}: sha256 {loaded.sha256} differs from the model that certified the batch "
+                f"({self.certified['model_sha256']}); the model file changed during the run"
+            )
+        return certify_reference(loaded.module, inputs, ids, spec, device=loaded.device)
+
+    @cached_property
+    def model(self) -> LoadedModel:
+        """The policy's model, loaded on first use (only when a reference certificate is missing)."""
+        pol = self.loaded_policy.policy
+        return load_model(
+            pol.model, self.loaded_policy.model_path, device=self.device or pol.certification.device
+        )

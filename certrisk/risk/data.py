@@ -9,6 +9,7 @@ and feature counts that do not match the model's input shape.
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from certrisk.schemas.columns import SAMPLE_ID, finite_or_raise
+from certrisk.risk.inputs import sample_matrix
+from certrisk.schemas.columns import SAMPLE_ID
 from certrisk.schemas.errors import InputError
 from certrisk.schemas.policy import DataSpec
 
@@ -57,10 +59,19 @@ class Batch:
 
     def take(self, start: int, stop: int) -> Batch:
         """Rows [start, stop) as a new Batch."""
-        labels = None if self.labels is None else self.labels[start:stop]
-        return Batch(
-            self.batch_id, self.ids[start:stop], self.features[start:stop], self.feature_names, labels
-        )
+        return self._rows(slice(start, stop))
+
+    def subsample(self, max_size: int | None, *, seed: int = 0) -> Batch:
+        """A seeded random subset of at most ``max_size`` rows, in their original order (the batch
+        itself when it is no larger, or when ``max_size`` is None)."""
+        if max_size is None or len(self) <= max_size:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=max_size, replace=False))
+        return self._rows(rows)
+
+    def _rows(self, rows) -> Batch:
+        labels = None if self.labels is None else self.labels[rows]
+        return Batch(self.batch_id, self.ids[rows], self.features[rows], self.feature_names, labels)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -150,17 +161,7 @@ def validate_frame(
         raise InputError(
             f"{source}: {len(names)} feature columns, but the model's input shape needs {n_features}"
         )
-    non_numeric = [
-        c
-        for c in names
-        if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
-    ]
-    if non_numeric:
-        raise InputError(
-            f"{source}: non-numeric feature column(s) {non_numeric[:10]} (dtype {frame[non_numeric[0]].dtype})"
-        )
-    features = frame.loc[:, list(names)].to_numpy(dtype=np.float64)
-    finite_or_raise(features, what=source, ids=ids)
+    features = sample_matrix(frame, what=source, features=names, ids=ids)
     labels = None
     if label_col is not None:
         lab = frame[label_col]
@@ -193,8 +194,6 @@ def load_batch(
 
 def batch_sha256(batch: Batch) -> str:
     """Content hash of a batch (ids, feature names and float32 features), for provenance and caching."""
-    import hashlib
-
     h = hashlib.sha256()
     h.update("\x1f".join(batch.feature_names).encode())
     h.update("\x1e".join(batch.ids.tolist()).encode())

@@ -1,19 +1,17 @@
-"""Certificate context: closed forms on points on a line, in every norm, and the radii cache."""
+"""Certificate context: closed forms on points on a line, in every norm, from arrays and from a
+fitted ReferenceProfile."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from certrisk.risk.context import (
-    cached_reference_radii,
-    certificate_context,
-    radius_percentile,
-    reference_radii_key,
-)
-from certrisk.schemas.columns import CONTEXT_COLUMNS
+from certrisk.risk.context import batch_context, certificate_context, profile_context, radius_percentile
+from certrisk.risk.reference import ReferenceProfile
+from certrisk.schemas.columns import ABSTAIN, CONTEXT_COLUMNS
 from certrisk.schemas.errors import InputError
-from certrisk.schemas.settings import cache_dir
+from certrisk.schemas.policy import IBPSpec, SmoothingSpec
 
 # Reference on the diagonal t * (1, 1): class 0 at t = 0, 1, 2; class 1 at t = 5, 6.
 # Between points t and s: l1 = 2|t - s|, l2 = sqrt(2)|t - s|, linf = |t - s|.
@@ -102,26 +100,64 @@ def test_radius_percentile_is_the_empirical_cdf():
     assert radius_percentile(np.array([0.0, 0.25, 1.0, 3.0]), ref).tolist() == [0.4, 0.4, 0.8, 1.0]
 
 
-def test_cached_reference_radii_computes_once_per_key():
-    calls = []
+def test_profile_context_ranks_against_the_methods_reference_certificates():
+    """The profile's certified reference radii (abstentions left out) give the percentile; the
+    closed forms match those of the arrays API on the same points."""
+    c = SCALE["l2"]
+    profile = ReferenceProfile().fit(
+        _on_line(REF_T),
+        REF_Y,
+        certificates={
+            "smoothing": {
+                "radius": np.array([0.0, 1.0, 2.0, 3.0, 0.0]) * c,
+                "abstained": np.array([False, False, False, False, True]),
+            }
+        },
+    )
+    out = profile_context(
+        profile,
+        _on_line([3.0, 4.5, 3.0]),
+        np.array([1.5 * c, 2.6 * c, 0.0]),
+        np.array([0, 1, ABSTAIN]),
+        norm="l2",
+        ids=["a", "b", "c"],
+        method="smoothing",
+        device="cpu",
+    )
+    assert list(out.columns) == list(CONTEXT_COLUMNS)
+    assert out["radius_percentile"].tolist() == pytest.approx([2 / 4, 3 / 4, 0.0])
+    assert out["dist_other_class"].iloc[0] == pytest.approx(2.0 * c)
+    assert out["share_ref_in_ball"].iloc[1] == pytest.approx(3 / 5)
+    # a method the profile holds no reference certificates for: no percentile
+    other = profile_context(
+        profile, _on_line([3.0]), np.array([1.0]), np.array([0]), norm="linf", ids=["a"], method="ibp"
+    )
+    assert np.isnan(other["radius_percentile"].iloc[0])
 
-    def compute():
-        calls.append(1)
-        return np.array([0.0, 0.3, 0.7])
 
-    key = {
-        "model_sha256": "m" * 64,
-        "policy_sha256": "p" * 64,
-        "reference_sha256": "r" * 64,
-        "method": "smoothing",
-    }
-    first = cached_reference_radii(key, compute)
-    second = cached_reference_radii(dict(reversed(list(key.items()))), compute)  # key order does not matter
-    assert len(calls) == 1 and np.array_equal(first, second)
-    path = cache_dir() / "reference_radii" / f"{reference_radii_key(key)}.npy"
-    assert path.exists() and path.parent.is_relative_to(cache_dir())
-    cached_reference_radii({**key, "method": "ibp"}, compute)
-    assert len(calls) == 2
+def test_batch_context_puts_every_method_in_context_in_spec_order():
+    profile = ReferenceProfile().fit(_on_line(REF_T), REF_Y)
+    certificates = pd.DataFrame(
+        {
+            "sample_id": ["b", "a", "a", "b"],
+            "method": ["ibp", "ibp", "smoothing", "smoothing"],
+            "radius": [0.5, 1.0, 1.5, 0.0],
+            "prediction": [1, 0, 0, ABSTAIN],
+        }
+    )
+    specs = [SmoothingSpec(sigma=0.25), IBPSpec(eps=0.1)]
+    out = batch_context(
+        profile, _on_line([3.0, 4.5]), certificates, ids=["a", "b"], specs=specs, device="cpu"
+    )
+    assert out["method"].tolist() == ["smoothing", "smoothing", "ibp", "ibp"]
+    assert out["sample_id"].tolist() == ["a", "b", "a", "b"]
+    # a at t = 3, class 0: nearest class 1 at t = 5 (l2 2 sqrt 2, linf 2); b abstained under smoothing
+    assert out["dist_other_class"].iloc[0] == pytest.approx(2.0 * SCALE["l2"])
+    assert np.isnan(out["dist_other_class"].iloc[1])
+    assert out["dist_other_class"].iloc[2] == pytest.approx(2.0)
+    assert out["dist_same_class"].iloc[3] == pytest.approx(0.5)
+    with pytest.raises(InputError, match="no 'ibp' certificate for sample_id 'b'"):
+        batch_context(profile, _on_line([3.0, 4.5]), certificates.iloc[1:], ids=["a", "b"], specs=specs)
 
 
 def test_bad_input_names_the_fault():

@@ -14,7 +14,7 @@ import torch
 from certrisk.risk.certify.inputs import as_batch, device_name, dtype_name, model_dtype, place
 from certrisk.risk.certify.network import sequential_layers
 from certrisk.risk.certify.norms import translate_radius
-from certrisk.schemas.columns import CERTIFICATE_COLUMNS, SAMPLE_ID, conform
+from certrisk.schemas.columns import ABSTAIN, CERTIFICATE_COLUMNS, SAMPLE_ID, conform
 from certrisk.schemas.enums import Method, Norm
 from certrisk.schemas.errors import InputError
 
@@ -77,8 +77,8 @@ def stream_seed(seed: int, stream: int) -> int:
 class CertificateBatch:
     """Certificates of B inputs by one method.
 
-    Arrays of shape (B,): ``prediction`` (int64, -1 = abstain), ``abstained`` (bool), ``radius``
-    (float64, in ``norm``, 0 when abstained, rounded down), ``p_lower`` (float64; the lower
+    Arrays of shape (B,): ``prediction`` (int64, ``ABSTAIN`` where abstained), ``abstained``
+    (bool), ``radius`` (float64, in ``norm``, 0 when abstained, rounded down), ``p_lower`` (float64; the lower
     confidence bound on the top class's probability under noise; NaN for deterministic methods),
     ``n_used`` (int64, samples used per input, selection + estimation), ``n_forward`` (int64,
     forward passes or bound propagations per input, see the method's docstring), ``seed`` (int64).
@@ -209,7 +209,7 @@ class DeterministicRun:
         return CertificateBatch(
             method=method,
             norm=norm,
-            prediction=np.where(ok, y, -1).astype(np.int64),
+            prediction=np.where(ok, y, ABSTAIN).astype(np.int64),
             abstained=~ok,
             radius=np.where(ok, radius, 0.0).astype(np.float64),
             p_lower=np.full(b, np.nan),

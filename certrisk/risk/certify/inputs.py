@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from certrisk.risk.inputs import check_samples
 from certrisk.risk.models import select_device
 from certrisk.schemas.errors import InputError
 
@@ -61,26 +62,17 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def as_batch(x, *, what: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` (array or tensor of shape (B, *input_shape)) as a tensor on ``device``; InputError on bad input."""
-    if isinstance(x, np.ndarray):
-        if not np.issubdtype(x.dtype, np.number):
-            raise InputError(f"{what}: x must be numeric, got dtype {x.dtype}")
-        xt = torch.from_numpy(np.ascontiguousarray(x))
-    elif isinstance(x, torch.Tensor):
-        xt = x.detach()
-    else:
+    """``x`` (array or tensor of shape (B, *input_shape)) as a tensor on ``device`` in ``dtype``.
+
+    InputError (from ``certrisk.risk.inputs.check_samples``, naming the row at fault) unless x is
+    a non-empty batch of numeric, finite inputs with at least one axis besides the batch axis.
+    """
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise InputError(f"{what}: x must be a torch tensor or numpy array, got {type(x).__name__}")
-    if xt.ndim < 2:
-        raise InputError(f"{what}: x must have shape (B, *input_shape), got shape {tuple(xt.shape)}")
-    if xt.shape[0] == 0:
-        raise InputError(f"{what}: empty batch (x has shape {tuple(xt.shape)})")
-    if any(d == 0 for d in xt.shape[1:]):
-        raise InputError(f"{what}: input shape {tuple(xt.shape[1:])} has an empty dimension")
-    if xt.is_floating_point() or xt.is_complex():
-        finite = torch.isfinite(xt.reshape(xt.shape[0], -1)).all(dim=1)
-        if not bool(finite.all()):
-            row = int((~finite).nonzero()[0, 0])
-            raise InputError(f"{what}: NaN or inf in row {row} of x; {int((~finite).sum())} row(s) affected")
+    check_samples(x, what=what)
+    if x.ndim < 2:
+        raise InputError(f"{what}: x must have shape (B, *input_shape), got shape {tuple(x.shape)}")
+    xt = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach()
     return xt.to(device=device, dtype=dtype).contiguous()
 
 

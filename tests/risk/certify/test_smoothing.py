@@ -245,7 +245,7 @@ def test_certify_with_spec_dispatch(trained_cnn, digits):
 def test_cuda_certify_reproducible_and_measured(trained_cnn, digits):
     x, _ = digits
     seeds = derive_seeds("run", [str(i) for i in range(64)], "smoothing")
-    # an explicit forward size: CUDA kernels may differ between sizes (see smoothing._auto_rows)
+    # an explicit forward size: CUDA kernels may differ between sizes (see packing.fastest_forward_rows)
     kw = {"sigma": SIGMA, "n0": 100, "n": 4000, "alpha": 0.001, "device": "cuda", "batch_size": 8192}
     full = smooth_certify(trained_cnn, x[:64], seed=seeds, **kw)
     alone = smooth_certify(trained_cnn, x[5:6], seed=seeds[5:6], **kw)
