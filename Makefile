@@ -1,4 +1,5 @@
 # Two commands do all set-up: `make demo` (the example DAG end to end) and `make test`.
+# `make test-quick` skips the slow tests; `make lint` runs ruff's checks and its format check.
 # Each creates .venv if missing, installs torch==2.13.0 first (a CPU wheel; an unpinned torch
 # pulls gigabytes of CUDA), then the package in editable mode with its dev extras. The stamp
 # file makes a second call skip what is installed.
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.certrisk-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-quick lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +23,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/certrisk demo
 
+# The whole suite (CI runs it): unit, statistical, database and real Airflow tests.
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick loop: everything but the tests marked slow (real Airflow processes, whole DAG runs).
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check certrisk dags tests bench

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import typer
 
 app = typer.Typer(help="Certification-aware AI risk management.", no_args_is_help=True, add_completion=False)
@@ -37,6 +40,18 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+@contextmanager
+def _domain_errors_exit() -> Iterator[None]:
+    """A CertriskError (bad input, unknown run, unreachable database, ...) prints its message,
+    which names what is at fault, and exits 2; anything else is a bug and keeps its traceback."""
+    from certrisk.schemas.errors import CertriskError
+
+    try:
+        yield
+    except CertriskError as exc:
+        _fail(exc)
+
+
 def _emit(frame, fmt: str, title: str) -> None:
     """Print a DataFrame as a rich table or as a JSON array of objects."""
     import json
@@ -54,7 +69,9 @@ def _emit(frame, fmt: str, title: str) -> None:
         typer.echo(json.dumps(records, indent=2, default=plain))
         return
     if fmt != "table":
-        _fail(ValueError(f"unknown format {fmt!r}; use table or json"))
+        from certrisk.schemas.errors import InputError
+
+        _fail(InputError(f"--format: unknown format {fmt!r}; use table or json"))
     from rich.console import Console
     from rich.table import Table
 
@@ -77,13 +94,9 @@ def _emit(frame, fmt: str, title: str) -> None:
 @db_app.command("upgrade")
 def db_upgrade(db: str | None = typer.Option(None, "--db", help=_DB_HELP)) -> None:
     """Create or migrate the governance schema (Alembic head) and load the NIST AI RMF catalog."""
-    from certrisk.schemas.errors import CertriskError
-
     store = _store(db)
-    try:
+    with _domain_errors_exit():
         store.upgrade()
-    except CertriskError as exc:
-        _fail(exc)
     typer.echo(f"governance database {store.masked_url} is at revision {store.current_revision()}")
 
 
@@ -91,12 +104,9 @@ def db_upgrade(db: str | None = typer.Option(None, "--db", help=_DB_HELP)) -> No
 def db_grant(db: str | None = typer.Option(None, "--db", help=_DB_HELP)) -> None:
     """PostgreSQL: create the roles certrisk_writer, _engineer, _compliance, _auditor and grant their tiers."""
     from certrisk.governance.roles import grant_roles
-    from certrisk.schemas.errors import CertriskError
 
-    try:
+    with _domain_errors_exit():
         roles = grant_roles(_store(db).url)
-    except CertriskError as exc:
-        _fail(exc)
     typer.echo("granted: " + ", ".join(roles))
 
 
@@ -113,15 +123,11 @@ def runs(
     format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """Recorded runs, newest first."""
-    from certrisk.schemas.errors import CertriskError
-
-    try:
+    with _domain_errors_exit():
         frame = _store(db).list_runs(
             model=model, since=since, until=until, tier=tier, min_tier=min_tier,
             include_superseded=all_revisions, limit=limit,
         )  # fmt: skip
-    except CertriskError as exc:
-        _fail(exc)
     cols = ["dag_id", "run_id", "revision", "batch", "model", "n_samples", "abstention_rate", "mean_risk", "tier",
             "drift", "created_at"]  # fmt: skip
     _emit(frame if format == "json" else frame[cols], format, "certrisk runs")
@@ -138,12 +144,8 @@ def samples(
     format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """A run's samples riskiest first: sample_id, risk, tier, abstained, factors, top factors."""
-    from certrisk.schemas.errors import CertriskError
-
-    try:
+    with _domain_errors_exit():
         frame = _store(db).samples(run, tier=tier, factor=factor, dag_id=dag, limit=limit or None)
-    except CertriskError as exc:
-        _fail(exc)
     cols = ["sample_id", "risk", "tier", "abstained", "top_factors"]
     _emit(frame if format == "json" else frame[cols], format, f"samples of {run}")
 
@@ -156,12 +158,8 @@ def trend(
     format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """Daily abstention rate and mean risk per model (sample-weighted over current runs)."""
-    from certrisk.schemas.errors import CertriskError
-
-    try:
+    with _domain_errors_exit():
         frame = _store(db).trend(model=model, days=days)
-    except CertriskError as exc:
-        _fail(exc)
     _emit(frame, format, "daily trend")
 
 
@@ -172,12 +170,8 @@ def coverage(
     format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """NIST AI RMF coverage: each of the 72 subcategories and the evidence recorded for it."""
-    from certrisk.schemas.errors import CertriskError
-
-    try:
+    with _domain_errors_exit():
         frame = _store(db).rmf_coverage(model=model)
-    except CertriskError as exc:
-        _fail(exc)
     cols = ["subcategory_id", "function", "n_runs", "n_records", "evidence_kinds", "covered"]
     _emit(frame if format == "json" else frame[cols], format, "NIST AI RMF coverage")
 
@@ -191,12 +185,8 @@ def export(
     db: str | None = typer.Option(None, "--db", help=_DB_HELP),
 ) -> None:
     """Compliance export: every current run's samples (tiers, factors, RMF ids; no certificates) to CSV."""
-    from certrisk.schemas.errors import CertriskError
-
-    try:
+    with _domain_errors_exit():
         n = _store(db).export_compliance_csv(path, model=model, since=since, until=until)
-    except CertriskError as exc:
-        _fail(exc)
     typer.echo(f"wrote {n} sample rows to {path}")
 
 
@@ -208,12 +198,8 @@ def verify(
     ),
 ) -> None:
     """Recompute the audit chain and every recorded row; exit 1 naming the first run and row that differ."""
-    from certrisk.schemas.errors import CertriskError
-
-    try:
+    with _domain_errors_exit():
         report = _store(db).verify(expected_head=expected_head)
-    except CertriskError as exc:
-        _fail(exc)
     if report.ok:
         typer.echo(f"OK: {report.message}\nchain head: {report.head}")
         return

@@ -20,6 +20,7 @@ from certrisk.operators.reference import read_staged_batch
 from certrisk.risk.certify import certify_with_spec, derive_seeds, method_available
 from certrisk.risk.models import load_model, predict
 from certrisk.schemas.columns import CERTIFICATE_COLUMNS, PREDICTION_COLUMNS, SAMPLE_ID, conform
+from certrisk.schemas.errors import InputError, PolicyError
 
 
 class CertifyOperator(CertriskOperator):
@@ -62,23 +63,12 @@ class CertifyOperator(CertriskOperator):
         loaded = load_model(pol.model, lp.model_path, device=self.device or pol.certification.device)
         x = torch.as_tensor(batch.inputs(pol.model.input_shape))
         base_pred, base_conf = predict(loaded.module, x, device=loaded.device)
-        frames, costs = [], {}
         run_key = self.run_key_override or self.run_key(context)
-        for spec in pol.certification.methods:
-            method = str(spec.method)
-            ok, reason = method_available(loaded.module, method)
-            if not ok:
-                self.log.warning("skipping %s: %s", method, reason)
-                continue
-            seeds = derive_seeds(run_key, batch.ids, method)
-            cert = certify_with_spec(loaded.module, x, spec, seeds=seeds, device=loaded.device)
-            frames.append(cert.to_frame(batch.ids))
-            costs[method] = {"seconds": float(cert.seconds), "abstained": int(cert.abstained.sum())}
-        if not frames:
-            raise ValueError("no certification method of the policy applies to this model")
+        certs, costs = self.certify_methods(
+            loaded, x, batch.ids, run_key=run_key, shard_index=int(shard["index"])
+        )
         root = self.run_dir(context)
         name = f"shard-{int(shard['index']):05d}.parquet"
-        certs = conform(pd.concat(frames, ignore_index=True), CERTIFICATE_COLUMNS, table="certificates")
         preds = conform(
             pd.DataFrame({SAMPLE_ID: batch.ids, "base_prediction": base_pred, "base_confidence": base_conf}),
             PREDICTION_COLUMNS,
@@ -103,6 +93,30 @@ class CertifyOperator(CertriskOperator):
         )
         return out
 
+    def certify_methods(self, loaded, x, ids, *, run_key: str, shard_index: int) -> tuple[pd.DataFrame, dict]:
+        """Run every policy method the model's layers allow on ``x``: (certificates conformed to
+        CERTIFICATE_COLUMNS, cost per method). PolicyError when no method applies."""
+        lp = self.loaded_policy
+        frames, costs, skipped = [], {}, []
+        for spec in lp.policy.certification.methods:
+            method = str(spec.method)
+            ok, reason = method_available(loaded.module, method)
+            if not ok:
+                self.log.warning("skipping %s: %s", method, reason)
+                skipped.append(f"{method}: {reason}")
+                continue
+            seeds = derive_seeds(run_key, ids, method)
+            cert = certify_with_spec(loaded.module, x, spec, seeds=seeds, device=loaded.device)
+            frames.append(cert.to_frame(ids))
+            costs[method] = {"seconds": float(cert.seconds), "abstained": int(cert.abstained.sum())}
+        if not frames:
+            raise PolicyError(
+                f"{lp.path}: certification.methods: no method applies to the model "
+                f"{lp.model_path.name} (shard {shard_index}): {'; '.join(skipped)}"
+            )
+        certs = conform(pd.concat(frames, ignore_index=True), CERTIFICATE_COLUMNS, table="certificates")
+        return certs, costs
+
 
 class MergeCertificatesOperator(CertriskOperator):
     """Merge shard artifacts in sample order into ``certificates.parquet`` and ``predictions.parquet``.
@@ -118,6 +132,8 @@ class MergeCertificatesOperator(CertriskOperator):
 
     def run(self, context: Context) -> dict:
         results = sorted(self.shard_results, key=lambda r: r["index"])
+        if not results:
+            raise InputError(f"{self.task_id}: no shard results to merge (shard_results is empty)")
         certs = pd.concat([read_parquet(r["certificates"]) for r in results], ignore_index=True)
         preds = pd.concat([read_parquet(r["predictions"]) for r in results], ignore_index=True)
         # Shard order is sample order; within it, group rows by method in policy order.
@@ -127,32 +143,41 @@ class MergeCertificatesOperator(CertriskOperator):
         certs = (
             certs.sort_values(["_m", "_s"], kind="stable").drop(columns=["_m", "_s"]).reset_index(drop=True)
         )
+        model_sha256 = shared_value(results, "model_sha256", "certified different model files")
+        run_key = shared_value(results, "run_key", "derived their seeds from different run keys")
         root = self.run_dir(context)
-        costs: dict[str, dict] = {}
-        for r in results:
-            for method, c in r["costs"].items():
-                agg = costs.setdefault(method, {"seconds": 0.0, "abstained": 0})
-                agg["seconds"] += c["seconds"]
-                agg["abstained"] += c["abstained"]
-        model_shas = {r["model_sha256"] for r in results}
-        if len(model_shas) != 1:
-            raise ValueError(f"shards certified different model files: {sorted(model_shas)}")
-        run_keys = {r.get("run_key") for r in results}
-        if len(run_keys) != 1:
-            raise ValueError(
-                f"shards derived their seeds from different run keys: {sorted(map(str, run_keys))}"
-            )
         out = {
             "certificates": write_parquet(root / "certificates.parquet", certs),
             "predictions": write_parquet(root / "predictions.parquet", preds),
             "n_samples": len(preds),
             "n_shards": len(results),
-            "model_sha256": model_shas.pop(),
-            "run_key": run_keys.pop(),
+            "model_sha256": model_sha256,
+            "run_key": run_key,
             "devices": sorted({r["device"] for r in results}),
-            "costs": costs,
+            "costs": summed_costs(results),
         }
         self.log.info(
             "merged %d shard(s): %d samples, %d certificate rows", len(results), len(preds), len(certs)
         )
         return out
+
+
+def shared_value(results: Sequence[dict], key: str, what: str):
+    """The one value of ``key`` every shard result carries; InputError naming each shard's value
+    when they differ (a merge of shards from different model files or run keys is refused)."""
+    values = {r.get(key) for r in results}
+    if len(values) != 1:
+        by_shard = ", ".join(f"shard {r['index']}: {r.get(key)}" for r in results)
+        raise InputError(f"shards {what} ({key}): {by_shard}")
+    return values.pop()
+
+
+def summed_costs(results: Sequence[dict]) -> dict[str, dict]:
+    """Certification cost per method over all shards: seconds and abstentions add up."""
+    costs: dict[str, dict] = {}
+    for r in results:
+        for method, c in r["costs"].items():
+            total = costs.setdefault(method, {"seconds": 0.0, "abstained": 0})
+            total["seconds"] += c["seconds"]
+            total["abstained"] += c["abstained"]
+    return costs

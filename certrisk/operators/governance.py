@@ -5,8 +5,6 @@ policy's alert tier."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -15,22 +13,25 @@ from airflow.sdk.exceptions import AirflowFailException
 
 import certrisk
 from certrisk.operators.artifacts import read_json, read_parquet, read_text
-from certrisk.operators.base import CertriskOperator
-from certrisk.operators.hooks import GovernanceHook
-from certrisk.risk.score import run_rmf_evidence
+from certrisk.operators.base import CertriskOperator, GovernanceOperator
+from certrisk.risk.evidence import run_rmf_evidence
+from certrisk.schemas.clock import as_utc, utc_now
 from certrisk.schemas.enums import Tier
 
 
-class GovernanceWriteOperator(CertriskOperator):
+class GovernanceWriteOperator(GovernanceOperator):
     """Write the run's records (samples, certificates, rules, drift, RMF evidence, audit entry)
     in one transaction. Writing the same run again changes nothing ("already recorded").
 
-    :param certrisk_conn_id: governance connection id (default ``certrisk_governance_default``;
-        when that is undefined, ``$CERTRISK_DB_URL`` or SQLite under ``$CERTRISK_HOME``).
+    :param batch: the validate step's dict; :param certified: the merge step's dict;
+    :param scored: the score step's dict; :param rules: the rule check's dict (optional);
+    :param drift: the drift step's dict (optional); all templated, usually XComArgs.
+    :param supersede: record a different payload for an already recorded run as a new revision.
+    :param certrisk_conn_id: see ``GovernanceOperator``.
     """
 
     template_fields: Sequence[str] = (
-        *CertriskOperator.template_fields,
+        *GovernanceOperator.template_fields,
         "batch",
         "certified",
         "rules",
@@ -46,7 +47,6 @@ class GovernanceWriteOperator(CertriskOperator):
         scored: Any,
         rules: Any = None,
         drift: Any = None,
-        certrisk_conn_id: str = GovernanceHook.default_conn_name,
         supersede: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -56,12 +56,7 @@ class GovernanceWriteOperator(CertriskOperator):
         self.scored = scored
         self.rules = rules
         self.drift = drift
-        self.certrisk_conn_id = certrisk_conn_id
         self.supersede = supersede
-
-    @cached_property
-    def hook(self) -> GovernanceHook:
-        return GovernanceHook(certrisk_conn_id=self.certrisk_conn_id)
 
     def evidence_kinds(self, summary: dict) -> list[str]:
         """Run-level evidence this record itself provides, beyond the per-sample signals."""
@@ -78,7 +73,12 @@ class GovernanceWriteOperator(CertriskOperator):
             kinds.append("alert")
         return kinds
 
-    def run(self, context: Context) -> dict:
+    def _optional(self, step: dict | None, key: str) -> pd.DataFrame:
+        """The table ``key`` of an optional step's dict, or an empty frame when the step did not run."""
+        return read_parquet(step[key]) if step else pd.DataFrame()
+
+    def build_record(self, context: Context):
+        """The run's RunRecord from the artifacts the upstream steps wrote (nothing is written yet)."""
         from certrisk.governance import RunRecord
 
         lp = self.loaded_policy
@@ -86,13 +86,12 @@ class GovernanceWriteOperator(CertriskOperator):
         dag_run = context["dag_run"]
         summary = read_json(self.scored["batch_risk"])
         sample_risk = read_parquet(self.scored["sample_risk"])
-        empty = pd.DataFrame()
         created = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None)
-        record = RunRecord(
+        return RunRecord(
             dag_id=dag_run.dag_id,
             run_id=dag_run.run_id,
             batch_id=self.batch["batch_id"],
-            created_at=(created or datetime.now(UTC)).astimezone(UTC),
+            created_at=as_utc(created or utc_now()),
             model_name=pol.model.name,
             model_sha256=self.certified["model_sha256"],
             model_format=pol.model.format,
@@ -103,9 +102,9 @@ class GovernanceWriteOperator(CertriskOperator):
             summary={**summary, "limitations": read_text(self.scored["limitations"])},
             sample_risk=sample_risk,
             certificates=read_parquet(self.certified["certificates"]),
-            rule_samples=read_parquet(self.rules["rule_samples"]) if self.rules else empty,
-            rule_expectations=read_parquet(self.rules["rule_expectations"]) if self.rules else empty,
-            drift_tests=read_parquet(self.drift["drift_tests"]) if self.drift else empty,
+            rule_samples=self._optional(self.rules, "rule_samples"),
+            rule_expectations=self._optional(self.rules, "rule_expectations"),
+            drift_tests=self._optional(self.drift, "drift_tests"),
             rmf_evidence=list(
                 run_rmf_evidence(
                     policy=pol,
@@ -115,11 +114,14 @@ class GovernanceWriteOperator(CertriskOperator):
                 )
             ),
         )
+
+    def run(self, context: Context) -> dict:
+        record = self.build_record(context)
         result = self.hook.get_store().write_run(record, supersede=self.supersede)
         self.log.info(
             "governance: run %s/%s %s (revision %s, manifest %s...)",
-            dag_run.dag_id,
-            dag_run.run_id,
+            record.dag_id,
+            record.run_id,
             result.status,
             result.revision,
             result.manifest_digest[:12],
@@ -128,7 +130,7 @@ class GovernanceWriteOperator(CertriskOperator):
             "status": result.status,
             "revision": int(result.revision),
             "manifest_digest": result.manifest_digest,
-            "tier": summary["tier"],
+            "tier": record.summary["tier"],
         }
 
 

@@ -14,12 +14,15 @@ The connection form's labels and extra fields are declared in ``certrisk.provide
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 from sqlalchemy.engine import URL, make_url
 
 from certrisk.schemas.settings import default_db_url
+
+if TYPE_CHECKING:
+    from certrisk.governance import GovernanceStore
 
 
 class GovernanceHook(BaseHook):
@@ -65,7 +68,9 @@ class GovernanceHook(BaseHook):
         )
 
     @cached_property
-    def store(self):
+    def store(self) -> GovernanceStore:
+        """The GovernanceStore behind this connection, built on first use; the embedded default
+        database is migrated then (a configured one never is)."""
         from certrisk.governance import GovernanceStore
 
         url = self.get_url()
@@ -75,7 +80,7 @@ class GovernanceHook(BaseHook):
             store.upgrade()
         return store
 
-    def get_store(self):
+    def get_store(self) -> GovernanceStore:
         """The GovernanceStore behind this connection (created once per hook)."""
         return self.store
 

@@ -9,30 +9,30 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from tests.factories import head_batch, task_instances
+
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def breast_cancer_run(airflow_db, tmp_path_factory):
+def breast_cancer_run(airflow_db, breast_cancer_assets, tmp_path_factory):
     from airflow.dag_processing.dagbag import DagBag
 
-    from certrisk.demo import DAGS_FOLDER, _outcome, prepare_demo
+    from certrisk.demo import run_outcome
+    from certrisk.demo_assets import DAGS_FOLDER
 
-    assets = prepare_demo(dataset="breast_cancer", log=lambda *_: None)
-    batch = tmp_path_factory.mktemp("bc") / "shifted-48.parquet"
-    pd.read_parquet(assets.batches["shifted"]).head(48).to_parquet(batch, index=False)
+    batch = head_batch(
+        breast_cancer_assets.batches["shifted"], 48, tmp_path_factory.mktemp("bc") / "shifted-48.parquet"
+    )
     bag = DagBag(dag_folder=str(DAGS_FOLDER / "certrisk_breast_cancer.py"))
     assert bag.import_errors == {}
     dag = bag.get_dag("certrisk_breast_cancer")
     run = dag.test(run_conf={"batch_uri": str(batch)})
-    return run, _outcome(run), batch
+    return run, run_outcome(run), batch
 
 
 def _task_states(run) -> dict[str, str]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id).all()
-        return {ti.task_id: str(ti.state) for ti in tis}
+    return {ti["task_id"]: ti["state"] for ti in task_instances(run)}
 
 
 def test_run_succeeds_or_ends_with_the_designed_alert(breast_cancer_run):
@@ -83,16 +83,3 @@ def test_rules_catch_the_shift_at_batch_level(breast_cancer_run):
     assert bool(by_name.loc["mean_texture_batch_mean", "success"])
     # Nothing is beyond 6 sd: the hard plausibility limits hold.
     assert bool(by_name.loc["mean_radius_plausible", "success"])
-
-
-def test_dagbag_finds_every_example_dag_file(airflow_db):
-    """Every file in dags/ yields its DAG (Airflow's safe mode silently skips a file that never
-    mentions "airflow" and "dag"; the breast cancer example once did)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    from certrisk.demo import DAGS_FOLDER
-
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
-    assert bag.import_errors == {}
-    files = sorted(p.stem for p in DAGS_FOLDER.glob("*.py"))
-    assert sorted(bag.dag_ids) == files == ["certrisk_breast_cancer", "certrisk_digits"]

@@ -1,6 +1,7 @@
 """certrisk as an Airflow provider and plugin, as Airflow itself sees them: the CLI lists both,
 the connection type resolves to the hook, and the connection form's metadata (what the UI's
-``/ui/connections/hook_meta`` endpoint serves) carries certrisk's labels and extra fields."""
+``/ui/connections/hook_meta`` endpoint serves) carries certrisk's labels and extra fields.
+The two tests that start the ``airflow`` command are marked slow."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+
+import pytest
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
@@ -30,6 +33,7 @@ def _airflow_json(*args: str):
     return json.loads(line)
 
 
+@pytest.mark.slow
 def test_providers_list_shows_certrisk():
     import certrisk
 
@@ -38,6 +42,7 @@ def test_providers_list_shows_certrisk():
     assert providers["certrisk"]["version"] == certrisk.__version__
 
 
+@pytest.mark.slow
 def test_plugins_lists_certrisk_with_its_dashboard_and_macros():
     plugins = {p["name"]: p for p in _airflow_json("plugins")}
     assert "certrisk" in plugins, sorted(plugins)

@@ -31,6 +31,9 @@ import pytest
 
 from certrisk.operators.artifacts import read_parquet, run_root
 from tests.conftest import require_postgres
+from tests.factories import digits_pipeline, task_instances
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 CONN_ID = "certrisk_retry_test"
 COST_COLUMNS = ["seconds", "peak_bytes"]
@@ -83,9 +86,6 @@ class Faults:
 @pytest.fixture(scope="module")
 def faulty_run(airflow_db, small_batches, tmp_path_factory):
     require_postgres()
-    from certrisk.demo import DATASETS
-    from certrisk.operators import certrisk_dag
-
     db_name = f"certrisk_t_{uuid.uuid4().hex[:12]}"
     faults = Faults(db_name, tmp_path_factory.mktemp("retry-evidence"))
     conn = {
@@ -98,13 +98,9 @@ def faulty_run(airflow_db, small_batches, tmp_path_factory):
     env_key = f"AIRFLOW_CONN_{CONN_ID.upper()}"
     mp = pytest.MonkeyPatch()
     mp.setenv(env_key, json.dumps(conn))
-    spec = DATASETS["digits"]
     batch = str(small_batches["clean"])
-    dag = certrisk_dag(
-        str(spec.policy),
-        dag_id=spec.dag_id,
-        schedule=None,
-        batch_uri=batch,
+    dag = digits_pipeline(
+        batch,
         certrisk_conn_id=CONN_ID,
         write_retries=1,
         alert=False,
@@ -127,12 +123,7 @@ def faulty_run(airflow_db, small_batches, tmp_path_factory):
 
 
 def _tries(run) -> dict[str, tuple[str, int]]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id).all()
-        return {ti.task_id: (str(ti.state), ti.try_number) for ti in tis}
+    return {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in task_instances(run)}
 
 
 def test_both_faults_hit_the_first_try_and_the_retry_succeeds(faulty_run):

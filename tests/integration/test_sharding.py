@@ -17,48 +17,28 @@ import pandas as pd
 import pytest
 
 from certrisk.operators.artifacts import read_parquet, run_root
+from tests.factories import digits_pipeline, head_batch, task_instances
+
+pytestmark = pytest.mark.slow
 
 RUN_KEY = "tests/shard-equivalence"
 COST_COLUMNS = ["seconds", "peak_bytes"]
 
 
 def _run(shard_size: int, batch_uri: str):
-    from certrisk.demo import DATASETS
-    from certrisk.operators import certrisk_dag
-
-    spec = DATASETS["digits"]
-    dag = certrisk_dag(
-        str(spec.policy),
-        dag_id=spec.dag_id,
-        schedule=None,
-        batch_uri=batch_uri,
-        shard_size=shard_size,
-        run_key=RUN_KEY,
-        alert=False,
-        report=False,
-    )
+    dag = digits_pipeline(batch_uri, shard_size=shard_size, run_key=RUN_KEY, alert=False, report=False)
     return dag.test(run_conf={"batch_uri": batch_uri})
 
 
 def _mapped_certify_states(run) -> list[tuple[int, str]]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = (
-            session.query(TaskInstance)
-            .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id="certify")
-            .order_by(TaskInstance.map_index)
-            .all()
-        )
-        return [(ti.map_index, str(ti.state)) for ti in tis]
+    return [(ti["map_index"], ti["state"]) for ti in task_instances(run, "certify")]
 
 
 @pytest.fixture(scope="module")
 def batch_192(demo_assets, tmp_path_factory):
-    path = tmp_path_factory.mktemp("shards") / "clean-192.parquet"
-    pd.read_parquet(demo_assets.batches["clean"]).head(192).to_parquet(path, index=False)
-    return path
+    return head_batch(
+        demo_assets.batches["clean"], 192, tmp_path_factory.mktemp("shards") / "clean-192.parquet"
+    )
 
 
 @pytest.fixture(scope="module")
