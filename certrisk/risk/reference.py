@@ -12,6 +12,7 @@ typically from ``certify_reference`` through a cache keyed by ``reference_certif
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,6 +75,30 @@ def reference_certificates_key(
         "algorithm": REFERENCE_CERTIFICATES_VERSION,
         "certrisk": __version__,
     }
+
+
+#: Roles of the reference samples, and the share of each. ``index``: what batches are compared
+#: with (neighbours, novelty, context, drift); ``calibration``: clean samples that set the signal
+#: scales (``signal``) and the tier thresholds (``tier``), split conformal; ``evaluation``: held out
+#: from everything else, for the measured detection of ``certrisk evaluate``.
+REFERENCE_ROLES = {"index": 0.5, "signal": 0.125, "tier": 0.125, "evaluation": 0.25}
+
+
+def reference_roles(ids: Sequence[str], shares: Mapping[str, float] = REFERENCE_ROLES) -> np.ndarray:
+    """The role of each reference sample, an object array of shape (n_reference,).
+
+    A sample's role is a function of its id alone (sha256 of the id, as a number in [0, 1),
+    against the cumulative ``shares``), so it never changes with the order or size of the file,
+    and calibration and evaluation never share a sample.
+    """
+    total = float(sum(shares.values()))
+    if not shares or any(v < 0 for v in shares.values()) or abs(total - 1.0) > 1e-9:
+        raise InputError(f"reference roles: shares must be >= 0 and sum to 1, got {dict(shares)}")
+    names = list(shares)
+    edges = np.cumsum([shares[r] for r in names])
+    u = np.array([int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:8], "big") / 2.0**64 for i in ids])
+    pos = np.minimum(np.searchsorted(edges, u, side="right"), len(names) - 1)
+    return np.asarray(names, dtype=object)[pos]
 
 
 def _classes(values, n: int, what: str) -> np.ndarray:

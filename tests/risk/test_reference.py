@@ -107,3 +107,18 @@ def test_reference_certificates_key_names_every_dependency():
     assert key != reference_certificates_key(SmoothingSpec(sigma=0.5), **kw)
     assert key != reference_certificates_key(SmoothingSpec(sigma=0.25), **{**kw, "device": "cuda"})
     assert reference_certificates_key(IBPSpec(eps=0.1), **kw)["parameters"]["eps"] == 0.1
+
+
+def test_reference_roles_are_a_function_of_the_id():
+    from certrisk.risk.reference import REFERENCE_ROLES, reference_roles
+
+    ids = [f"ref:{i}" for i in range(4000)]
+    roles = reference_roles(ids)
+    shares = {r: float((roles == r).mean()) for r in REFERENCE_ROLES}
+    for role, share in REFERENCE_ROLES.items():
+        assert abs(shares[role] - share) < 0.03, shares
+    # the same id keeps its role whatever else is in the file, in any order
+    assert reference_roles(ids[::-7]).tolist() == roles[::-7].tolist()
+    assert reference_roles(["a"], {"x": 1.0}).tolist() == ["x"]
+    with pytest.raises(InputError, match="sum to 1"):
+        reference_roles(ids, {"x": 0.5})
