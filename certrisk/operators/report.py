@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 
 from airflow.sdk import Context
 
-from certrisk.operators.base import CertriskOperator
-from certrisk.operators.hooks import GovernanceHook
+from certrisk.operators.base import GovernanceOperator
 from certrisk.schemas.enums import Edition
 from certrisk.schemas.errors import InputError
 
 
-class ComplianceReportOperator(CertriskOperator):
+class ComplianceReportOperator(GovernanceOperator):
     """Render the per-run report of this DAG run from the governance record and write it under the
     run's artifact directory as ``report-<edition>.<format>``.
 
@@ -24,10 +22,10 @@ class ComplianceReportOperator(CertriskOperator):
     :param recorded: the governance write's dict (orders this task after the write; templated).
     :param edition: ``compliance`` (default; tiers, factors, aggregates) or ``engineer``.
     :param formats: any of ``html``, ``pdf``, ``csv``.
-    :param certrisk_conn_id: governance connection id (see GovernanceHook).
+    :param certrisk_conn_id: see GovernanceOperator.
     """
 
-    template_fields: Sequence[str] = (*CertriskOperator.template_fields, "recorded", "edition")
+    template_fields: Sequence[str] = (*GovernanceOperator.template_fields, "recorded", "edition")
     ui_color = "#e6f4ea"
 
     def __init__(
@@ -36,18 +34,12 @@ class ComplianceReportOperator(CertriskOperator):
         recorded: Any = None,
         edition: str = Edition.COMPLIANCE.value,
         formats: Sequence[str] = ("html", "pdf"),
-        certrisk_conn_id: str = GovernanceHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.recorded = recorded
         self.edition = edition
         self.formats = tuple(formats)
-        self.certrisk_conn_id = certrisk_conn_id
-
-    @cached_property
-    def hook(self) -> GovernanceHook:
-        return GovernanceHook(certrisk_conn_id=self.certrisk_conn_id)
 
     def run(self, context: Context) -> dict:
         from certrisk.reports import FORMATS, build_run_report, render
