@@ -5,6 +5,7 @@ from __future__ import annotations
 from certrisk.reports.document import Report
 from certrisk.reports.html import render_html
 from certrisk.schemas.errors import InputError
+from certrisk.schemas.spreadsheet import safe_frame
 
 #: The formats ``render`` writes.
 FORMATS = ("html", "pdf", "csv")
@@ -12,7 +13,8 @@ FORMATS = ("html", "pdf", "csv")
 
 def render(report: Report, fmt: str) -> bytes:
     """``report`` as the bytes of an ``fmt`` file: ``html`` (one self-contained UTF-8 document),
-    ``pdf`` (A4 landscape) or ``csv`` (UTF-8, the report's frame without an index)."""
+    ``pdf`` (A4 landscape) or ``csv`` (UTF-8, the report's frame without an index, every text
+    cell a spreadsheet would run as a formula neutralised)."""
     fmt = str(fmt).lower()
     if fmt == "html":
         return render_html(report).encode("utf-8")
@@ -22,5 +24,5 @@ def render(report: Report, fmt: str) -> bytes:
 
         return render_pdf(report)
     if fmt == "csv":
-        return report.csv.to_csv(index=False).encode("utf-8")
+        return safe_frame(report.csv).to_csv(index=False).encode("utf-8")
     raise InputError(f"unknown report format {fmt!r}; known: {list(FORMATS)}")
