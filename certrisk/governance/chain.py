@@ -12,7 +12,8 @@ Canonical serialization (what every digest is computed over):
   and ``verify`` both use them, so what is written is what is recomputed); ``row_digest`` is the
   one-row case;
 * a table digest = sha256 over its row digests in ``row_no`` order; the header digest = sha256 of
-  the canonical JSON (sorted keys, no whitespace, floats by ``repr``) of the run's header fields;
+  the canonical JSON (sorted keys, no whitespace, floats by ``repr``) of the run's header fields
+  (``RunHeader``: the write path builds it from the payload, ``verify`` from the stored row);
 * the manifest = {"header": header digest, "tables": {name: {"rows": n, "digest": d}}}, and the
   ``manifest_digest`` = sha256 of its canonical JSON. It does not depend on the revision or the
   database keys, so the same payload always has the same manifest digest (idempotency test);
@@ -30,12 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, fields
+from datetime import datetime
 from operator import itemgetter, methodcaller
 
 import numpy as np
 import pandas as pd
+
+from certrisk.schemas.clock import as_utc
 
 GENESIS = "0" * 64
 ROW_DIGEST_CHARS = 32
@@ -121,9 +124,54 @@ def table_digest(digests) -> str:
 
 def iso_utc(value: datetime) -> str:
     """A datetime as UTC ISO 8601 with microseconds; naive values are taken as UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    return as_utc(value).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """The digested header of a run: its key, provenance and batch-level figures.
+
+    The write path builds it from the payload (``payload.prepare``), ``verify`` from the stored
+    ``pipeline_run`` row joined with its model and policy (``from_row``); both digest it with
+    ``digest``. ``summary`` is the canonical batch summary (a JSON object).
+    """
+
+    dag_id: str
+    run_id: str
+    batch_id: str
+    created_at: datetime
+    model_name: str
+    model_sha256: str
+    policy_name: str
+    policy_sha256: str
+    policy_text: str
+    package_version: str
+    n_samples: int
+    abstention_rate: float
+    mean_risk: float
+    tier: str
+    drift: bool
+    summary: dict
+
+    @classmethod
+    def from_row(cls, row) -> RunHeader:
+        """The header of a stored run: ``row`` has an attribute named after every field."""
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
+
+    def digested(self) -> dict:
+        """The fields as digested: the policy text as its sha256 (``policy_text_sha256``), the
+        timestamp as UTC ISO 8601, the figures as exact floats (-0.0 as 0.0), drift as a bool."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["created_at"] = iso_utc(self.created_at)
+        out["policy_text_sha256"] = sha256_hex(out.pop("policy_text"))
+        out["abstention_rate"] = float(self.abstention_rate) + 0.0
+        out["mean_risk"] = float(self.mean_risk) + 0.0
+        out["drift"] = bool(self.drift)
+        return out
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of ``digested()``: the manifest's "header"."""
+        return sha256_hex(canonical_json(self.digested()))
 
 
 def manifest_of(header_digest: str, tables: dict[str, tuple[int, str]]) -> tuple[dict, str]:

@@ -12,20 +12,21 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
 from certrisk.governance.chain import (
+    RunHeader,
     canonical_json,
     column_reprs,
     iso_utc,
     manifest_of,
     row_digests_of,
-    sha256_hex,
     table_digest,
 )
+from certrisk.schemas.clock import as_utc
 from certrisk.schemas.columns import (
     CERTIFICATE_COLUMNS,
     DRIFT_TEST_COLUMNS,
@@ -41,7 +42,7 @@ from certrisk.schemas.columns import (
 from certrisk.schemas.enums import Tier
 from certrisk.schemas.errors import InputError
 from certrisk.schemas.rmf import catalog
-from certrisk.schemas.tables import RMF_EVIDENCE_COLUMNS
+from certrisk.schemas.tables import RMF_EVIDENCE_COLUMNS, ROW_TABLES
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TIERS = frozenset(t.value for t in Tier)
@@ -79,19 +80,6 @@ class RunRecord:
     rmf_evidence: list = field(default_factory=list)
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_COPY_NULL = "\\N"
-
-
-def _copy_strings(values: list) -> list[str]:
-    """Strings (or None) as fields of PostgreSQL's COPY text format."""
-    present = [v for v in values if v is not None]
-    joined = "".join(present)
-    if any(ch in joined for ch in "\\\t\n\r"):
-        return [_COPY_NULL if v is None else v.translate(_COPY_ESCAPES) for v in values]
-    return [_COPY_NULL if v is None else v for v in values] if len(present) != len(values) else list(values)
-
-
 @dataclass
 class TableRows:
     """One table's rows in canonical form, a column at a time: canonical values, their reprs
@@ -112,30 +100,13 @@ class TableRows:
         return frozenset(c for c, d in zip(self.columns, self.dtypes, strict=True) if d == "object")
 
     def insert_columns(self) -> list[list]:
-        """Per column values ready for the driver: JSON columns as JSON text."""
+        """Per column, the values as a driver takes them: JSON columns as JSON text (None stays
+        None); every other column is its canonical values list itself (not a copy)."""
         out = []
         for col, dtype in zip(self.values, self.dtypes, strict=True):
             if dtype == "object":
                 col = _json_texts(col)
             out.append(col)
-        return out
-
-    def copy_columns(self) -> list[list[str]]:
-        """Per column, each value as a field of PostgreSQL's COPY text format (NULL as \\N).
-
-        Floats go as their repr (the shortest text that reads back to the same float64, so COPY
-        stores exactly the digested value), booleans as True/False, JSON as escaped JSON text.
-        """
-        out = []
-        for col, texts, dtype in zip(self.values, self.reprs, self.dtypes, strict=True):
-            if dtype == "string":
-                out.append(_copy_strings(col))
-            elif dtype == "object":
-                out.append(_copy_strings(_json_texts(col)))
-            elif "None" in texts:
-                out.append([_COPY_NULL if t == "None" else t for t in texts])
-            else:
-                out.append(texts)
         return out
 
 
@@ -156,8 +127,11 @@ def _json_texts(col: list) -> list:
 
 @dataclass
 class PreparedRun:
+    """A validated ``RunRecord``: its canonical summary, UTC creation time, row tables, header,
+    manifest and manifest digest (what ``write_run`` writes)."""
+
     record: RunRecord
-    header: dict
+    header: RunHeader
     summary: dict
     created_at: datetime
     tables: dict[str, TableRows]
@@ -289,11 +263,8 @@ def _require_str(value, name: str) -> str:
     return value
 
 
-def prepare(record: RunRecord) -> PreparedRun:
-    """Validate ``record`` and compute its canonical rows, digests and manifest.
-
-    Raises InputError naming the field, table, column, row and sample id at fault.
-    """
+def _check_fields(record: RunRecord) -> datetime:
+    """Check the record's scalar fields; returns ``created_at`` as an aware UTC datetime."""
     if not isinstance(record, RunRecord):
         raise InputError(f"write_run expects a RunRecord, got {type(record).__name__}")
     for name in ("dag_id", "run_id", "batch_id", "model_name", "policy_name", "package_version"):
@@ -309,9 +280,12 @@ def prepare(record: RunRecord) -> PreparedRun:
         created = created.to_pydatetime()
     if not isinstance(created, datetime):
         raise InputError(f"run record: created_at must be a datetime, got {created!r}")
-    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
+    return as_utc(created)
 
-    # --- sample_risk
+
+def _sample_frame(record: RunRecord) -> pd.DataFrame:
+    """``sample_risk`` conformed and checked: sample ids present and unique, finite risk, known
+    tiers, factor names and RMF subcategory ids."""
     if record.sample_risk is None or len(record.sample_risk) == 0:
         raise InputError(f"sample_risk: run {record.dag_id}/{record.run_id} has no samples")
     samples = _frame(record.sample_risk, SAMPLE_RISK_COLUMNS, table="sample_risk")
@@ -331,21 +305,14 @@ def prepare(record: RunRecord) -> PreparedRun:
             f"known tiers: {sorted(_TIERS, key=lambda t: Tier(t).rank)}"
         )
     _check_names(samples, "top_factors", set(FACTORS), table="sample_risk", what="factor(s)")
-    cat = catalog()
-    _check_names(samples, "rmf_ids", cat, table="sample_risk", what="NIST AI RMF subcategory id(s)")
-    known = set(ids.tolist())
+    _check_names(samples, "rmf_ids", catalog(), table="sample_risk", what="NIST AI RMF subcategory id(s)")
+    return samples
 
-    # --- other frames
-    certs = _frame(record.certificates, CERTIFICATE_COLUMNS, table="certificates")
-    _first_duplicate(certs, [SAMPLE_ID, "method"], table="certificates")
-    _check_known_samples(certs, known, table="certificates")
-    rule_s = _frame(record.rule_samples, RULE_SAMPLE_COLUMNS, table="rule_samples")
-    _first_duplicate(rule_s, [SAMPLE_ID], table="rule_samples")
-    _check_known_samples(rule_s, known, table="rule_samples")
-    rule_e = _frame(record.rule_expectations, RULE_EXPECTATION_COLUMNS, table="rule_expectations")
-    _check_names(rule_e, "rmf_ids", cat, table="rule_expectations", what="NIST AI RMF subcategory id(s)")
-    drift = _frame(record.drift_tests, DRIFT_TEST_COLUMNS, table="drift_tests")
-    evidence_rows = list(record.rmf_evidence or [])
+
+def _evidence_frame(items) -> pd.DataFrame:
+    """``rmf_evidence`` (subcategory_id, evidence_kind, detail) triples as a string frame."""
+    evidence_rows = list(items or [])
+    cat = catalog()
     for i, item in enumerate(evidence_rows):
         if len(item) != 3 or not all(isinstance(x, str) for x in item):
             raise InputError(
@@ -353,42 +320,63 @@ def prepare(record: RunRecord) -> PreparedRun:
             )
         if item[0] not in cat:
             raise InputError(f"rmf_evidence: unknown NIST AI RMF subcategory id {item[0]!r} in item {i}")
-    evidence = pd.DataFrame(evidence_rows, columns=list(RMF_EVIDENCE_COLUMNS)).astype("string")
+    return pd.DataFrame(evidence_rows, columns=list(RMF_EVIDENCE_COLUMNS)).astype("string")
 
-    # --- summary
-    if not isinstance(record.summary, dict):
-        raise InputError(f"summary: expected a dict, got {type(record.summary).__name__}")
-    missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in record.summary]
+
+def _row_frames(record: RunRecord, samples: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every row table's frame by table name (``ROW_TABLES`` order), checked against ``samples``."""
+    known = set(samples[SAMPLE_ID].to_numpy(dtype=object).tolist())
+    certs = _frame(record.certificates, CERTIFICATE_COLUMNS, table="certificates")
+    _first_duplicate(certs, [SAMPLE_ID, "method"], table="certificates")
+    _check_known_samples(certs, known, table="certificates")
+    rule_s = _frame(record.rule_samples, RULE_SAMPLE_COLUMNS, table="rule_samples")
+    _first_duplicate(rule_s, [SAMPLE_ID], table="rule_samples")
+    _check_known_samples(rule_s, known, table="rule_samples")
+    rule_e = _frame(record.rule_expectations, RULE_EXPECTATION_COLUMNS, table="rule_expectations")
+    _check_names(
+        rule_e, "rmf_ids", catalog(), table="rule_expectations", what="NIST AI RMF subcategory id(s)"
+    )
+    drift = _frame(record.drift_tests, DRIFT_TEST_COLUMNS, table="drift_tests")
+    return {
+        "sample_risk": samples,
+        "certificate": certs,
+        "rule_sample": rule_s,
+        "rule_result": rule_e,
+        "drift_test": drift,
+        "rmf_evidence": _evidence_frame(record.rmf_evidence),
+    }
+
+
+def _canonical_summary(value, *, n_samples: int) -> dict:
+    """The batch summary as canonical JSON read back: required keys present, a known tier,
+    ``n_samples`` equal to the sample table's rows, numeric figures."""
+    if not isinstance(value, dict):
+        raise InputError(f"summary: expected a dict, got {type(value).__name__}")
+    missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in value]
     if missing:
         raise InputError(f"summary: missing key(s) {missing}")
     try:
-        summary_text = canonical_json(
-            json.loads(json.dumps(record.summary, default=_json_default, allow_nan=False))
-        )
+        text = canonical_json(json.loads(json.dumps(value, default=_json_default, allow_nan=False)))
     except (TypeError, ValueError) as exc:
         raise InputError(f"summary: not JSON-serializable without NaN/inf: {exc}") from exc
-    summary = json.loads(summary_text)
+    summary = json.loads(text)
     if summary["tier"] not in _TIERS:
         raise InputError(f"summary: unknown tier {summary['tier']!r}; known tiers: {sorted(_TIERS)}")
-    if summary["n_samples"] != len(samples):
-        raise InputError(f"summary: n_samples={summary['n_samples']} but sample_risk has {len(samples)} rows")
+    if summary["n_samples"] != n_samples:
+        raise InputError(f"summary: n_samples={summary['n_samples']} but sample_risk has {n_samples} rows")
     for key in ("abstention_rate", "mean_risk"):
         if not isinstance(summary[key], int | float) or isinstance(summary[key], bool):
             raise InputError(f"summary: {key} must be a number, got {summary[key]!r}")
+    return summary
 
-    tables = {
-        "sample_risk": table_rows(samples, SAMPLE_RISK_COLUMNS, table="sample_risk"),
-        "certificate": table_rows(certs, CERTIFICATE_COLUMNS, table="certificate"),
-        "rule_sample": table_rows(rule_s, RULE_SAMPLE_COLUMNS, table="rule_sample"),
-        "rule_result": table_rows(rule_e, RULE_EXPECTATION_COLUMNS, table="rule_result"),
-        "drift_test": table_rows(drift, DRIFT_TEST_COLUMNS, table="drift_test"),
-        "rmf_evidence": table_rows(evidence, RMF_EVIDENCE_COLUMNS, table="rmf_evidence"),
-    }
-    header = run_header(
+
+def run_header(record: RunRecord, created_at: datetime, summary: dict) -> RunHeader:
+    """The digested header of ``record``: its key, provenance and the summary's batch figures."""
+    return RunHeader(
         dag_id=record.dag_id,
         run_id=record.run_id,
         batch_id=record.batch_id,
-        created_at=created,
+        created_at=created_at,
         model_name=record.model_name,
         model_sha256=record.model_sha256,
         policy_name=record.policy_name,
@@ -402,22 +390,20 @@ def prepare(record: RunRecord) -> PreparedRun:
         drift=bool(summary.get("drift", False)),
         summary=summary,
     )
+
+
+def prepare(record: RunRecord) -> PreparedRun:
+    """Validate ``record`` and compute its canonical rows, digests and manifest.
+
+    Raises InputError naming the field, table, column, row and sample id at fault.
+    """
+    created = _check_fields(record)
+    samples = _sample_frame(record)
+    frames = _row_frames(record, samples)
+    summary = _canonical_summary(record.summary, n_samples=len(samples))
+    tables = {name: table_rows(frames[name], spec, table=name) for name, _table, spec in ROW_TABLES}
+    header = run_header(record, created, summary)
     manifest, digest = manifest_of(
-        sha256_hex(canonical_json(header)),
-        {name: (t.n, table_digest(t.digests)) for name, t in tables.items()},
+        header.digest(), {name: (t.n, table_digest(t.digests)) for name, t in tables.items()}
     )
     return PreparedRun(record, header, summary, created, tables, manifest, digest)
-
-
-def run_header(**fields) -> dict:
-    """The digested header of a run: its key, provenance and batch-level figures.
-
-    The policy text enters as its sha256, the timestamp as UTC ISO 8601, floats exactly.
-    """
-    out = dict(fields)
-    out["created_at"] = iso_utc(fields["created_at"])
-    out["policy_text_sha256"] = sha256_hex(fields["policy_text"])
-    del out["policy_text"]
-    out["abstention_rate"] = float(fields["abstention_rate"]) + 0.0
-    out["mean_risk"] = float(fields["mean_risk"]) + 0.0
-    return out

@@ -1,19 +1,23 @@
-"""Dashboard and compliance queries. They read only the views (v_run_summary, v_sample_risk,
-v_rmf_evidence, v_rmf_subcategory, v_daily_trend, v_drift_test, v_rule_result, v_method_cost), so
-the compliance role can run every one of them; none returns a radius or a confidence bound.
-Times are UTC.
+"""Dashboard, report and compliance queries. They read only the views (v_run_summary,
+v_sample_risk, v_rmf_evidence, v_rmf_subcategory, v_daily_trend, v_drift_test, v_rule_result,
+v_method_cost), so the compliance role can run every one of them; none returns a radius or a
+confidence bound. Each takes an open connection (``GovernanceStore.connect``). Times are UTC;
+datetimes and dates are bound as the backend's ``Dialect`` says.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 
+from certrisk.governance.engine import dialect_of
+from certrisk.governance.facts import FACT_COLUMNS
+from certrisk.schemas.clock import as_utc, as_utc_timestamp, utc_now
 from certrisk.schemas.columns import FACTORS
 from certrisk.schemas.enums import Tier
 from certrisk.schemas.errors import InputError, RunNotFoundError
@@ -37,6 +41,13 @@ RULE_COLUMNS = (
 METHOD_COST_COLUMNS = (
     "method", "n_samples", "share_certified", "share_abstained", "total_seconds", "peak_bytes", "forward_passes",
 )  # fmt: skip
+#: Columns of v_run_summary a report reads (all compliance-visible): RUN_COLUMNS and the batch
+#: figures of ``facts.FACT_COLUMNS``.
+REPORT_RUN_COLUMNS = tuple(dict.fromkeys((*RUN_COLUMNS, *FACT_COLUMNS)))
+#: Columns of a run's RMF evidence rows (``run_evidence``).
+EVIDENCE_COLUMNS = ("subcategory_id", "evidence_kind", "detail")
+#: Columns of ``period_evidence``.
+PERIOD_EVIDENCE_COLUMNS = ("run_pk", "dag_id", "run_id", "created_at", "subcategory_id", "evidence_kind")
 #: Samples a ``samples`` call returns unless told otherwise (``limit=None``: all of them).
 DEFAULT_SAMPLE_LIMIT = 1000
 
@@ -48,10 +59,13 @@ def _tier(value) -> str:
         raise InputError(f"unknown tier {value!r}; known: {[t.value for t in Tier]}") from None
 
 
-def _utc_param(value, name: str):
-    """A bound UTC datetime (dates mean their midnight, UTC)."""
+def utc_param(value, name: str):
+    """A query's time bound (datetime, pandas Timestamp, date or ISO text) as an aware UTC
+    datetime; dates mean their midnight, UTC; naive values are UTC. None stays None."""
     if value is None:
         return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -59,13 +73,7 @@ def _utc_param(value, name: str):
             raise InputError(f"{name}: not an ISO date or datetime: {value!r}") from None
     if isinstance(value, date) and not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value
-
-
-def _bind_dt(conn, value: datetime):
-    # SQLite stores naive UTC text; PostgreSQL compares timestamptz.
-    return value.replace(tzinfo=None) if conn.dialect.name == "sqlite" else value
+    return as_utc(value)
 
 
 def _json(value):
@@ -78,6 +86,8 @@ def _json(value):
 
 
 def _utc_series(series: pd.Series) -> pd.Series:
+    """A column of timestamps (aware, naive UTC, or SQLite's text) as aware UTC: the column-wise
+    form of ``certrisk.schemas.clock.as_utc_timestamp`` (naive values are UTC)."""
     return pd.to_datetime(series, utc=True)
 
 
@@ -134,10 +144,10 @@ def _model_and_dates(conn, where: list, params: dict, *, model=None, since=None,
         params["model"] = model
     if since is not None:
         where.append("created_at >= :since")
-        params["since"] = _bind_dt(conn, _utc_param(since, "since"))
+        params["since"] = dialect_of(conn).bind_datetime(utc_param(since, "since"))
     if until is not None:
         where.append("created_at < :until")
-        params["until"] = _bind_dt(conn, _utc_param(until, "until"))
+        params["until"] = dialect_of(conn).bind_datetime(utc_param(until, "until"))
 
 
 def find_run(
@@ -169,6 +179,50 @@ def find_run(
             f"run_id {run_id!r} is recorded by several DAGs {sorted(r['dag_id'] for r in found)}; pass dag_id"
         )
     return found[0]
+
+
+def run_summary(conn, run_id: str, dag_id: str | None = None, revision: int | None = None) -> dict:
+    """A run's v_run_summary row as a report reads it: ``run_pk`` and REPORT_RUN_COLUMNS, its
+    current revision unless ``revision``. ``reasons`` a list; ``tier_counts`` and
+    ``risk_quantiles`` dicts; ``not_measured`` a list or None; ``limitations`` a string ("" when absent); ``drift``, ``is_current``
+    bools and ``abstention_elevated`` a bool or None; ``created_at``, ``recorded_at`` aware UTC
+    pandas Timestamps. Raises like ``find_run``; ``facts.BatchFacts.from_row`` reads the figures.
+    """
+    run = dict(find_run(conn, run_id, dag_id, revision, columns=("run_pk", *REPORT_RUN_COLUMNS)))
+    run["reasons"] = _json(run["reasons"]) or []
+    run["tier_counts"] = _json(run["tier_counts"]) or {}
+    run["risk_quantiles"] = _json(run["risk_quantiles"]) or {}
+    run["not_measured"] = _json(run["not_measured"])
+    run["limitations"] = run["limitations"] or ""
+    run["drift"] = bool(run["drift"])
+    run["is_current"] = bool(run["is_current"])
+    if run["abstention_elevated"] is not None:
+        run["abstention_elevated"] = bool(run["abstention_elevated"])
+    for key in ("created_at", "recorded_at"):
+        run[key] = as_utc_timestamp(run[key])
+    return run
+
+
+def run_evidence(conn, run_pk: int) -> pd.DataFrame:
+    """The RMF evidence rows of the run ``run_pk`` in recorded order (EVIDENCE_COLUMNS)."""
+    sql = f"SELECT {', '.join(EVIDENCE_COLUMNS)} FROM v_rmf_evidence WHERE run_pk = :pk ORDER BY row_no"
+    return pd.DataFrame(conn.execute(sa.text(sql), {"pk": run_pk}).all(), columns=list(EVIDENCE_COLUMNS))
+
+
+def period_evidence(conn, *, model: str | None, since: datetime, until: datetime) -> pd.DataFrame:
+    """The RMF evidence rows of the current runs (of ``model``) created in [since, until)
+    (PERIOD_EVIDENCE_COLUMNS; created_at aware UTC)."""
+    where, params = ["is_current = 1"], {}
+    _model_and_dates(conn, where, params, model=model, since=since, until=until)
+    sql = f"SELECT {', '.join(PERIOD_EVIDENCE_COLUMNS)} FROM v_rmf_evidence WHERE {' AND '.join(where)}"
+    frame = pd.DataFrame(conn.execute(sa.text(sql), params).all(), columns=list(PERIOD_EVIDENCE_COLUMNS))
+    frame["created_at"] = _utc_series(frame["created_at"])
+    return frame
+
+
+def models(conn) -> list[str]:
+    """The names of the models with recorded runs, sorted."""
+    return list(conn.execute(sa.text("SELECT DISTINCT model FROM v_run_summary ORDER BY model")).scalars())
 
 
 def _resolve_run(conn, run_id: str, dag_id: str | None, revision: int | None) -> int:
@@ -261,11 +315,8 @@ def method_costs(
 def trend(conn, *, model: str | None = None, days: int = 30) -> pd.DataFrame:
     """Per model and UTC day over the last ``days`` days: n_runs, n_samples, abstention_rate and
     mean_risk (sample-weighted over current runs), worst_tier."""
-    cutoff = (datetime.now(UTC) - timedelta(days=int(days))).date()
-    where, params = (
-        ["day >= :cutoff"],
-        {"cutoff": cutoff.isoformat() if conn.dialect.name == "sqlite" else cutoff},
-    )
+    cutoff = (utc_now() - timedelta(days=int(days))).date()
+    where, params = ["day >= :cutoff"], {"cutoff": dialect_of(conn).bind_date(cutoff)}
     if model is not None:
         where.append("model = :model")
         params["model"] = model
@@ -350,11 +401,10 @@ def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> 
                 out[i] = ";".join(_json(out[i]) or [])
             out[abstained] = bool(out[abstained])
             stamp = out[created]
+            if isinstance(stamp, str):  # SQLite: naive UTC text
+                stamp = datetime.fromisoformat(stamp)
             if isinstance(stamp, datetime):
-                stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
-                out[created] = stamp.isoformat()
-            elif isinstance(stamp, str):
-                out[created] = datetime.fromisoformat(stamp).replace(tzinfo=UTC).isoformat()
+                out[created] = as_utc(stamp).isoformat()
             writer.writerow(out)
             n += 1
     return n

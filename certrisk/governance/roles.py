@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from certrisk.governance.engine import StoreEngines
 from certrisk.schemas.errors import StoreError
 
 WRITER, ENGINEER, COMPLIANCE, AUDITOR = (
@@ -73,17 +74,17 @@ def grant_roles(url: str) -> list[str]:
 
     Run as the database owner after ``certrisk db upgrade``. Returns the role names.
     """
-    from certrisk.governance.store import GovernanceStore
-
-    store = GovernanceStore(url)
-    if store.dialect != "postgresql":
+    engines = StoreEngines(url)
+    if engines.dialect.name != "postgresql":
         raise StoreError(
-            f"{store.masked_url}: access tiers need PostgreSQL; SQLite is a single-user file without roles "
+            f"{engines.masked_url}: access tiers need PostgreSQL; SQLite is a single-user file without roles "
             "(whoever can read it reads everything, certificates included)"
         )
-    with store._errors("grant"), store.engine.begin() as conn:
-        database = conn.execute(sa.text("SELECT current_database()")).scalar_one()
-        for stmt in grant_statements(database):
-            conn.execute(sa.text(stmt))
-    store.dispose()
+    try:
+        with engines.begin("grant") as conn:
+            database = conn.execute(sa.text("SELECT current_database()")).scalar_one()
+            for stmt in grant_statements(database):
+                conn.execute(sa.text(stmt))
+    finally:
+        engines.dispose()
     return list(ROLES)

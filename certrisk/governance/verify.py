@@ -10,12 +10,11 @@ the chain head against ``expected_head``. The first failure in that order is rep
 
 from __future__ import annotations
 
-from datetime import UTC
-
 import sqlalchemy as sa
 
 from certrisk.governance.chain import (
     GENESIS,
+    RunHeader,
     VerifyReport,
     canonical_json,
     column_reprs,
@@ -24,9 +23,16 @@ from certrisk.governance.chain import (
     sha256_hex,
     table_digest,
 )
-from certrisk.governance.payload import run_header
 from certrisk.schemas.columns import SAMPLE_ID
-from certrisk.schemas.tables import ROW_TABLES, AuditEntry, Model, PipelineRun, Policy
+from certrisk.schemas.tables import (
+    ROW_TABLES,
+    AuditEntry,
+    Model,
+    PipelineRun,
+    Policy,
+    certificate_table,
+    sample_risk_table,
+)
 
 _RUN, _AUDIT, _MODEL, _POLICY = PipelineRun.__table__, AuditEntry.__table__, Model.__table__, Policy.__table__
 
@@ -35,10 +41,6 @@ class _Bad(Exception):
     def __init__(self, run: str | None, row: str | None, message: str):
         super().__init__(message)
         self.run, self.row, self.message = run, row, message
-
-
-def _utc(value):
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _row_key(spec, values, row_no) -> str:
@@ -114,9 +116,8 @@ def _check_tables(conn, run, label: str, manifest: dict) -> int:
 
 
 def _orphan_certificate(conn, run_pk: int):
-    from certrisk.schemas.tables import certificate_table as c
-    from certrisk.schemas.tables import sample_risk_table as s
-
+    """A certificate's sample_id that names no sample of the run (its sample row was deleted)."""
+    c, s = certificate_table, sample_risk_table
     q = (
         sa.select(c.c.sample_id)
         .where(c.c.run_pk == run_pk)
@@ -127,30 +128,10 @@ def _orphan_certificate(conn, run_pk: int):
     return conn.execute(q).scalar_one_or_none()
 
 
-def _header_of(run) -> dict:
-    return run_header(
-        dag_id=run.dag_id,
-        run_id=run.run_id,
-        batch_id=run.batch_id,
-        created_at=_utc(run.created_at),
-        model_name=run.model_name,
-        model_sha256=run.model_sha256,
-        policy_name=run.policy_name,
-        policy_sha256=run.policy_sha256,
-        policy_text=run.policy_text,
-        package_version=run.package_version,
-        n_samples=run.n_samples,
-        abstention_rate=run.abstention_rate,
-        mean_risk=run.mean_risk,
-        tier=run.tier,
-        drift=bool(run.drift),
-        summary=run.summary,
-    )
-
-
-def verify_store(conn, *, expected_head: str | None = None) -> VerifyReport:
-    entries = conn.execute(sa.select(_AUDIT).order_by(_AUDIT.c.seq)).all()
-    runs_q = (
+def _runs_query():
+    """Every pipeline_run row with its model's and policy's header fields (outer joins: a deleted
+    model or policy row shows as None)."""
+    return (
         sa.select(
             _RUN,
             _MODEL.c.name.label("model_name"),
@@ -163,92 +144,113 @@ def verify_store(conn, *, expected_head: str | None = None) -> VerifyReport:
         .join(_POLICY, _POLICY.c.id == _RUN.c.policy_id, isouter=True)
         .order_by(_RUN.c.id)
     )
-    runs = {r.id: r for r in conn.execute(runs_q).all()}
+
+
+def _check_entry(e, position: int, prev: str, label: str) -> None:
+    """The audit entry itself: its place in the sequence, its link, its hash, its manifest."""
+    if e.seq != position:
+        raise _Bad(
+            label,
+            None,
+            f"audit entry seq {e.seq} found where seq {position} was expected: "
+            "an audit entry was deleted or inserted",
+        )
+    if e.prev_hash != prev:
+        raise _Bad(
+            label,
+            None,
+            f"audit entry {e.seq} ({label}) links to {e.prev_hash[:16]} but the previous "
+            f"entry hashes to {prev[:16]}: an entry before it was changed, removed or inserted",
+        )
+    recomputed = entry_hash(
+        prev_hash=e.prev_hash, seq=e.seq, dag_id=e.dag_id, run_id=e.run_id, revision=e.revision,
+        manifest_digest=e.manifest_digest, manifest=e.manifest, recorded_at=e.recorded_at,
+    )  # fmt: skip
+    if recomputed != e.entry_hash:
+        raise _Bad(label, None, f"audit entry {e.seq} ({label}) does not match its hash: it was altered")
+    if sha256_hex(canonical_json(e.manifest)) != e.manifest_digest:
+        raise _Bad(label, None, f"audit entry {e.seq} ({label}): manifest does not match its digest")
+
+
+def _check_run_key(run, e, label: str, by_id: dict) -> None:
+    """The run an entry records: present, same key and revision, linked to its predecessor."""
+    if run is None:
+        raise _Bad(
+            label, None, f"run {label} (audit entry {e.seq}) is missing from pipeline_run: it was deleted"
+        )
+    if (run.dag_id, run.run_id, run.revision) != (e.dag_id, e.run_id, e.revision):
+        raise _Bad(
+            label,
+            "pipeline_run",
+            f"run {label}: pipeline_run row {run.id} now says "
+            f"{run.dag_id}/{run.run_id}#{run.revision}: its key was changed",
+        )
+    if run.revision > 1:
+        prior = by_id.get(run.supersedes_id)
+        want = (run.dag_id, run.run_id, run.revision - 1)
+        if prior is None or (prior.dag_id, prior.run_id, prior.revision) != want:
+            raise _Bad(label, "pipeline_run", f"run {label}: the revision it supersedes is missing or wrong")
+    elif run.supersedes_id is not None:
+        raise _Bad(label, "pipeline_run", f"run {label}: revision 1 must not supersede anything")
+
+
+def _check_header(run, e, label: str) -> None:
+    """The run row's header (figures, summary, model, policy, timestamps) and manifest digest."""
+    if run.model_name is None or run.policy_name is None:
+        raise _Bad(label, "pipeline_run", f"run {label}: its model or policy row is missing")
+    if RunHeader.from_row(run).digest() != e.manifest.get("header"):
+        raise _Bad(
+            label,
+            "pipeline_run",
+            f"run {label}: the run header (summary, tier, figures, model, "
+            "policy or timestamps) differs from what was recorded",
+        )
+    if run.manifest_digest != e.manifest_digest:
+        raise _Bad(label, "pipeline_run", f"run {label}: pipeline_run.manifest_digest was changed")
+
+
+def _check_unchained(runs: dict) -> None:
+    """Runs left after the walk have no audit entry: they were inserted by hand."""
+    if runs:
+        forged = next(iter(runs.values()))
+        label = f"{forged.dag_id}/{forged.run_id}#{forged.revision}"
+        raise _Bad(
+            label,
+            None,
+            f"run {label} (pipeline_run {forged.id}) has no audit entry: it was inserted "
+            f"outside GovernanceStore.write_run; {len(runs)} such run(s)",
+        )
+
+
+def _check_head(head: str, expected_head: str | None) -> None:
+    if expected_head is not None and expected_head != head:
+        raise _Bad(
+            None,
+            None,
+            f"the chain head is {head[:16]} but {expected_head[:16]} was expected: entries were "
+            "appended or removed at the end",
+        )
+
+
+def verify_store(conn, *, expected_head: str | None = None) -> VerifyReport:
+    """Walk the audit chain in order and check everything it covers (see the module docstring);
+    the first failure becomes a report naming its run and row."""
+    entries = conn.execute(sa.select(_AUDIT).order_by(_AUDIT.c.seq)).all()
+    runs = {r.id: r for r in conn.execute(_runs_query()).all()}
     by_id = dict(runs)
     prev, rows_checked, runs_checked = GENESIS, 0, 0
     try:
         for position, e in enumerate(entries, start=1):
             label = f"{e.dag_id}/{e.run_id}#{e.revision}"
-            if e.seq != position:
-                raise _Bad(
-                    label,
-                    None,
-                    f"audit entry seq {e.seq} found where seq {position} was expected: "
-                    "an audit entry was deleted or inserted",
-                )
-            if e.prev_hash != prev:
-                raise _Bad(
-                    label,
-                    None,
-                    f"audit entry {e.seq} ({label}) links to {e.prev_hash[:16]} but the previous "
-                    f"entry hashes to {prev[:16]}: an entry before it was changed, removed or inserted",
-                )
-            recomputed = entry_hash(
-                prev_hash=e.prev_hash, seq=e.seq, dag_id=e.dag_id, run_id=e.run_id, revision=e.revision,
-                manifest_digest=e.manifest_digest, manifest=e.manifest, recorded_at=e.recorded_at,
-            )  # fmt: skip
-            if recomputed != e.entry_hash:
-                raise _Bad(
-                    label, None, f"audit entry {e.seq} ({label}) does not match its hash: it was altered"
-                )
-            if sha256_hex(canonical_json(e.manifest)) != e.manifest_digest:
-                raise _Bad(label, None, f"audit entry {e.seq} ({label}): manifest does not match its digest")
+            _check_entry(e, position, prev, label)
             run = runs.pop(e.run_pk, None)
-            if run is None:
-                raise _Bad(
-                    label,
-                    None,
-                    f"run {label} (audit entry {e.seq}) is missing from pipeline_run: it was deleted",
-                )
-            if (run.dag_id, run.run_id, run.revision) != (e.dag_id, e.run_id, e.revision):
-                raise _Bad(
-                    label,
-                    "pipeline_run",
-                    f"run {label}: pipeline_run row {run.id} now says "
-                    f"{run.dag_id}/{run.run_id}#{run.revision}: its key was changed",
-                )
-            if run.revision > 1:
-                prior = by_id.get(run.supersedes_id)
-                if prior is None or (prior.dag_id, prior.run_id, prior.revision) != (
-                    run.dag_id,
-                    run.run_id,
-                    run.revision - 1,
-                ):
-                    raise _Bad(
-                        label, "pipeline_run", f"run {label}: the revision it supersedes is missing or wrong"
-                    )
-            elif run.supersedes_id is not None:
-                raise _Bad(label, "pipeline_run", f"run {label}: revision 1 must not supersede anything")
+            _check_run_key(run, e, label, by_id)
             rows_checked += _check_tables(conn, run, label, e.manifest)
-            if run.model_name is None or run.policy_name is None:
-                raise _Bad(label, "pipeline_run", f"run {label}: its model or policy row is missing")
-            if sha256_hex(canonical_json(_header_of(run))) != e.manifest.get("header"):
-                raise _Bad(
-                    label,
-                    "pipeline_run",
-                    f"run {label}: the run header (summary, tier, figures, model, "
-                    "policy or timestamps) differs from what was recorded",
-                )
-            if run.manifest_digest != e.manifest_digest:
-                raise _Bad(label, "pipeline_run", f"run {label}: pipeline_run.manifest_digest was changed")
+            _check_header(run, e, label)
             prev = e.entry_hash
             runs_checked += 1
-        if runs:
-            forged = next(iter(runs.values()))
-            label = f"{forged.dag_id}/{forged.run_id}#{forged.revision}"
-            raise _Bad(
-                label,
-                None,
-                f"run {label} (pipeline_run {forged.id}) has no audit entry: it was inserted "
-                f"outside GovernanceStore.write_run; {len(runs)} such run(s)",
-            )
-        if expected_head is not None and expected_head != prev:
-            raise _Bad(
-                None,
-                None,
-                f"the chain head is {prev[:16]} but {expected_head[:16]} was expected: entries were "
-                "appended or removed at the end",
-            )
+        _check_unchained(runs)
+        _check_head(prev, expected_head)
     except _Bad as bad:
         return VerifyReport(False, bad.run, bad.row, bad.message, runs_checked, rows_checked, prev)
     return VerifyReport(

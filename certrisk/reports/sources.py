@@ -6,7 +6,8 @@
 tests, rule outcomes, per-method cost aggregates and RMF evidence, never a radius or a confidence
 bound. ``EngineerSource`` adds the raw tables (certificates, drift tests, rule results, the
 policy text) through ``GovernanceStore.get_run``; on PostgreSQL only the engineer and auditor
-roles can read them.
+roles can read them. Every query is governance's (``certrisk.governance.queries`` and
+``raw_reads``), run on a connection from ``GovernanceStore.connect``.
 
 Both return a ``RunData`` (one run) or a ``PeriodData`` (one model over a span of days); the
 report builders in ``certrisk.reports.content`` turn those into sections.
@@ -14,21 +15,21 @@ report builders in ``certrisk.reports.content`` turn those into sections.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pandas as pd
-import sqlalchemy as sa
 
-from certrisk.governance import queries
+from certrisk.governance import queries, raw_reads
+from certrisk.governance.facts import BatchFacts
 from certrisk.governance.store import GovernanceStore
+from certrisk.schemas.clock import as_utc, utc_now
 from certrisk.schemas.enums import Edition, Tier
 from certrisk.schemas.errors import InputError, RunNotFoundError, StoreError
 
 #: Columns of v_run_summary a report reads (all of them compliance-visible).
-RUN_VIEW_COLUMNS = (*queries.RUN_COLUMNS, "tier_counts", "reference_abstention_rate", "abstention_p_value")
-EVIDENCE_COLUMNS = ("subcategory_id", "evidence_kind", "detail")
+RUN_VIEW_COLUMNS = queries.REPORT_RUN_COLUMNS
+EVIDENCE_COLUMNS = queries.EVIDENCE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,9 @@ class AuditStatus:
 class RunData:
     """One recorded run as an edition may see it.
 
-    ``run``: the v_run_summary row (reasons as a list, tier_counts as a dict). ``samples``: the
+    ``run``: the v_run_summary row (``queries.run_summary``: reasons as a list, tier_counts and
+    risk_quantiles as dicts). ``facts``: the batch summary's figures as numbers
+    (``certrisk.governance.facts.BatchFacts``, the same for both editions). ``samples``: the
     sample tiers and factors (queries.SAMPLE_COLUMNS), riskiest first. ``evidence``: the run's
     RMF evidence rows. ``drift_tests`` and ``rule_expectations``: per-test and per-expectation
     outcomes (the compliance edition reads them from v_drift_test and v_rule_result, without the
@@ -67,6 +70,7 @@ class RunData:
     rule_expectations: pd.DataFrame | None = None
     policy_text: str | None = None
     method_costs: pd.DataFrame | None = None
+    facts: BatchFacts | None = None
 
 
 @dataclass
@@ -84,20 +88,6 @@ class PeriodData:
     evidence_by_run: pd.DataFrame
     audit: AuditStatus
     radius_by_run: pd.DataFrame | None = field(default=None)
-
-
-def _json(value):
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _utc(value) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
 
 
 def audit_status(store: GovernanceStore) -> AuditStatus:
@@ -120,37 +110,20 @@ class ComplianceSource:
 
     # ---------------------------------------------------------------- runs
     def find_run(self, conn, run_id: str, dag_id: str | None = None, revision: int | None = None) -> dict:
+        """The run's v_run_summary row (``queries.run_summary``)."""
         try:
-            run = dict(
-                queries.find_run(conn, run_id, dag_id, revision, columns=("run_pk", *RUN_VIEW_COLUMNS))
-            )
+            return queries.run_summary(conn, run_id, dag_id, revision)
         except RunNotFoundError as exc:
             raise RunNotFoundError(f"{exc} in {self.store.masked_url}") from None
-        run["reasons"] = _json(run["reasons"]) or []
-        run["tier_counts"] = _json(run["tier_counts"]) or {}
-        run["limitations"] = run["limitations"] or ""
-        run["drift"] = bool(run["drift"])
-        run["is_current"] = bool(run["is_current"])
-        for key in ("created_at", "recorded_at"):
-            run[key] = _utc(run[key])
-        return run
 
     def _run_parts(self, conn, run_id, dag_id, revision):
         run = self.find_run(conn, run_id, dag_id, revision)
         samples = queries.samples(conn, run_id, dag_id=run["dag_id"], revision=run["revision"], limit=None)
-        evidence = pd.DataFrame(
-            conn.execute(
-                sa.text(
-                    f"SELECT {', '.join(EVIDENCE_COLUMNS)} FROM v_rmf_evidence WHERE run_pk = :pk ORDER BY row_no"
-                ),
-                {"pk": run["run_pk"]},
-            ).all(),
-            columns=list(EVIDENCE_COLUMNS),
-        )
+        evidence = queries.run_evidence(conn, run["run_pk"])
         return run, samples, evidence
 
     def run(self, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> RunData:
-        with self.store._errors("report"), self.store.engine.connect() as conn:
+        with self.store.connect("report") as conn:
             run, samples, evidence = self._run_parts(conn, run_id, dag_id, revision)
             key = {"dag_id": run["dag_id"], "revision": run["revision"]}
             drift = queries.drift_tests(conn, run["run_id"], **key)
@@ -166,42 +139,26 @@ class ComplianceSource:
             drift_tests=drift,
             rule_expectations=rules,
             method_costs=costs,
+            facts=BatchFacts.from_row(run),
         )
 
     # ---------------------------------------------------------------- periods
     def period(self, *, model: str | None, days: int = 30, until: datetime | None = None) -> PeriodData:
         if days < 1:
             raise InputError(f"period: days must be >= 1, got {days}")
-        end = (until or datetime.now(UTC)).astimezone(UTC)
+        end = as_utc(until or utc_now())
         start = end - timedelta(days=int(days))
-        with self.store._errors("report"), self.store.engine.connect() as conn:
+        with self.store.connect("report") as conn:
             runs = queries.list_runs(conn, model=model, since=start, until=end)
             trend = queries.trend(conn, model=model, days=days)
             coverage = queries.rmf_coverage(conn, model=model)
-            where, params = ["is_current = 1", "created_at >= :since", "created_at < :until"], {}
-            bind = (lambda v: v.replace(tzinfo=None)) if conn.dialect.name == "sqlite" else (lambda v: v)
-            params.update(since=bind(start), until=bind(end))
-            if model is not None:
-                where.append("model = :model")
-                params["model"] = model
-            evidence = pd.DataFrame(
-                conn.execute(
-                    sa.text(
-                        "SELECT run_pk, dag_id, run_id, created_at, subcategory_id, evidence_kind FROM v_rmf_evidence "
-                        f"WHERE {' AND '.join(where)}"
-                    ),
-                    params,
-                ).all(),
-                columns=["run_pk", "dag_id", "run_id", "created_at", "subcategory_id", "evidence_kind"],
-            )
-        evidence["created_at"] = pd.to_datetime(evidence["created_at"], utc=True)
+            evidence = queries.period_evidence(conn, model=model, since=start, until=end)
         audit = audit_status(self.store) if self.verify else AuditStatus(False, False, "not checked")
         return PeriodData(self.edition, model, int(days), start, end, runs, trend, coverage, evidence, audit)
 
     def models(self) -> list[str]:
-        with self.store._errors("report"), self.store.engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT DISTINCT model FROM v_run_summary ORDER BY model")).scalars()
-            return list(rows)
+        with self.store.connect("report") as conn:
+            return queries.models(conn)
 
 
 class EngineerSource(ComplianceSource):
@@ -210,7 +167,7 @@ class EngineerSource(ComplianceSource):
     edition = Edition.ENGINEER
 
     def run(self, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> RunData:
-        with self.store._errors("report"), self.store.engine.connect() as conn:
+        with self.store.connect("report") as conn:
             run, samples, evidence = self._run_parts(conn, run_id, dag_id, revision)
         raw = self.store.get_run(run["dag_id"], run["run_id"], revision=run["revision"])
         extra = raw["sample_risk"][["sample_id", "prediction", "base_prediction"]]
@@ -227,32 +184,15 @@ class EngineerSource(ComplianceSource):
             drift_tests=raw["drift_tests"],
             rule_expectations=raw["rule_expectations"],
             policy_text=raw["policy_text"],
+            facts=BatchFacts.from_row(run),
         )
 
     def period(self, *, model: str | None, days: int = 30, until: datetime | None = None) -> PeriodData:
         data = super().period(model=model, days=days, until=until)
-        with self.store._errors("report"), self.store.engine.connect() as conn:
-            where = ["r.model = :model"] if model is not None else []
-            where += ["r.is_current = 1", "r.created_at >= :since", "r.created_at < :until"]
-            bind = (lambda v: v.replace(tzinfo=None)) if conn.dialect.name == "sqlite" else (lambda v: v)
-            params = {"since": bind(data.since), "until": bind(data.until)}
-            if model is not None:
-                params["model"] = model
-            rows = conn.execute(
-                sa.text(
-                    "SELECT r.dag_id, r.run_id, r.created_at, c.method, c.norm, c.abstained, c.radius, c.p_lower "
-                    "FROM v_run_summary r JOIN certificate c ON c.run_pk = r.run_pk "
-                    f"WHERE {' AND '.join(where)}"
-                ),
-                params,
-            ).all()
-        frame = pd.DataFrame(
-            rows,
-            columns=["dag_id", "run_id", "created_at", "method", "norm", "abstained", "radius", "p_lower"],
-        )
-        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
-        frame["abstained"] = frame["abstained"].astype(bool)
-        data.radius_by_run = frame
+        with self.store.connect("report") as conn:
+            data.radius_by_run = raw_reads.radius_by_run(
+                conn, model=model, since=data.since, until=data.until
+            )
         return data
 
 

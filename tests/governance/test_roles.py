@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 from records import make_record
 
-from certrisk.governance import GovernanceStore
+from certrisk.governance import GovernanceStore, queries
+from certrisk.governance.facts import BatchFacts
 from certrisk.governance.roles import AUDITOR, COMPLIANCE, ENGINEER, WRITER, grant_roles
 from certrisk.schemas.errors import StoreError
 
@@ -94,6 +95,11 @@ def test_compliance_reads_views_only(granted):
     assert store.rmf_coverage("digits")["covered"].sum() == 3
     assert len(store.drift_tests("run-1")) == 2 and len(store.rule_results("run-1")) == 1
     assert store.method_costs("run-1")["n_samples"].tolist() == [20, 20]
+    with store.connect("report") as conn:  # what a compliance report reads
+        run = queries.run_summary(conn, "run-1")
+        assert len(queries.run_evidence(conn, run["run_pk"])) == 3
+        assert queries.models(conn) == ["digits"]
+    assert BatchFacts.from_row(run).n_samples == 20
     with pytest.raises(StoreError, match="permission denied"):
         store.get_run("certrisk_example", "run-1")
     with pytest.raises(StoreError, match="permission denied"):
@@ -127,6 +133,31 @@ def test_auditor_reads_everything_and_changes_nothing(granted):
     assert not _can(url, "DELETE FROM audit_log")
     report = GovernanceStore(url).verify()
     assert report.ok and report.runs_checked == 1
+
+
+def test_upgrade_keeps_the_grants_on_the_run_summary(pg_url):
+    """Migration 0003 replaces v_run_summary in place on PostgreSQL: roles granted before the
+    upgrade read its new columns without a second ``certrisk db grant``."""
+    store = GovernanceStore(pg_url)
+    store.upgrade("0002")
+    store.write_run(make_record("run-1", 10))
+    store.dispose()
+    grant_roles(pg_url)
+    store.upgrade()
+    store.dispose()
+    user = f"t_compliance_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {user} LOGIN IN ROLE {COMPLIANCE}")
+    dbname = sa.make_url(pg_url).database
+    try:
+        url = f"postgresql+psycopg://{user}@127.0.0.1:5432/{dbname}"
+        assert _can(url, "SELECT abstention_elevated, n_drift_tests, not_measured FROM v_run_summary")
+        assert _can(url, "SELECT * FROM v_sample_risk")
+        assert not _can(url, "SELECT radius FROM certificate")
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            conn.execute(f"DROP ROLE IF EXISTS {user}")
 
 
 def test_sqlite_has_no_roles(sqlite_url):

@@ -24,7 +24,7 @@ def _count(store, table):
 def test_upgrade_loads_catalog_and_is_repeatable(store):
     store.upgrade()
     assert _count(store, "rmf_subcategory") == len(catalog()) == 72
-    assert store.current_revision() == "0002"
+    assert store.current_revision() == "0003"
 
 
 def test_write_then_read_back_exactly(store, record):
@@ -183,3 +183,14 @@ def test_missing_schema_says_upgrade(tmp_path, record):
     store = GovernanceStore(f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(StoreError, match="certrisk db upgrade"):
         store.write_run(record)
+
+
+def test_outdated_schema_says_upgrade_and_writes_nothing(store, record):
+    """A column the code writes is missing (a database behind the code's migrations): the bulk
+    insert's driver error becomes a StoreError naming the fix, not a raw driver error to retry."""
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE certificate DROP COLUMN dtype"))
+    with pytest.raises(StoreError, match=r"out of date .*certrisk db upgrade.*dtype") as info:
+        store.write_run(record)
+    assert not isinstance(info.value, StoreUnavailableError)
+    assert _count(store, "pipeline_run") == 0 and _count(store, "sample_risk") == 0

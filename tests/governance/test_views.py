@@ -1,18 +1,20 @@
-"""Migration 0002's compliance views and the queries over them, on both backends."""
+"""Migrations 0002 and 0003's compliance views and the queries over them, on both backends."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from records import make_record
 
-from certrisk.governance import GovernanceStore
+from certrisk.governance import GovernanceStore, queries
+from certrisk.governance.facts import FACT_COLUMNS, BatchFacts
 from certrisk.governance.queries import DEFAULT_SAMPLE_LIMIT, METHOD_COST_COLUMNS
 from certrisk.governance.store import migrations_config
-from certrisk.schemas.errors import InputError
+from certrisk.schemas.errors import InputError, StoreError
 
 
 @pytest.fixture
@@ -66,6 +68,90 @@ def test_run_summary_exposes_the_abstention_test(written):
     assert row.tier_counts is not None
 
 
+SCORED = {
+    "abstention_test": "binomial",
+    "abstention_elevated": True,
+    "high_share": 0.25,
+    "n_drift_tests": 2,
+    "n_drift_tests_rejected": 1,
+    "rule_pass_rate": 0.75,
+    "risk_quantiles": {"p50": 0.125, "p90": 0.5},
+    "not_measured": ["novelty"],
+}
+
+
+def test_run_summary_exposes_the_summary_facts(store):
+    """Migration 0003: every figure of the batch summary a report states is a v_run_summary column,
+    and ``queries.run_summary`` / ``BatchFacts`` read them as numbers on both backends."""
+    record = make_record("run-1", 60)
+    summary = {**record.summary, "reference_abstention_rate": 0.05, "abstention_p_value": 0.0125, **SCORED}
+    store.write_run(replace(record, summary=summary))
+    with store.connect() as conn:
+        cols = conn.execute(sa.text("SELECT * FROM v_run_summary")).keys()
+        run = queries.run_summary(conn, "run-1")
+    assert set(FACT_COLUMNS) <= set(cols)
+    assert not [c for c in cols if "radius" in c or "p_lower" in c]
+    facts = BatchFacts.from_row(run)
+    assert facts == BatchFacts(
+        n_samples=60,
+        abstention_rate=summary["abstention_rate"],
+        mean_risk=summary["mean_risk"],
+        tier=summary["tier"],
+        drift=False,
+        tier_counts=summary["tier_counts"],
+        risk_quantiles={"p50": 0.125, "p90": 0.5},
+        high_share=0.25,
+        reference_abstention_rate=0.05,
+        abstention_test="binomial",
+        abstention_p_value=0.0125,
+        abstention_elevated=True,
+        n_drift_tests=2,
+        n_drift_tests_rejected=1,
+        rule_pass_rate=0.75,
+        not_measured=("novelty",),
+    )
+    assert run["abstention_elevated"] is True and run["reasons"] == summary["reasons"]
+    assert run["created_at"].tzinfo is not None and str(run["created_at"].tz) == "UTC"
+
+
+def test_summary_facts_of_another_type_or_absent_read_as_none(store):
+    """A summary without the figures (an older run) or holding another JSON type leaves the view
+    readable and the figures None."""
+    record = make_record("run-1", 20)
+    odd = {"abstention_elevated": "yes", "n_drift_tests": "two", "rule_pass_rate": [1], "risk_quantiles": 3}
+    store.write_run(replace(record, summary={**record.summary, **odd}))
+    store.write_run(make_record("run-2", 20))
+    with store.connect() as conn:
+        facts = {r: BatchFacts.from_row(queries.run_summary(conn, r)) for r in ("run-1", "run-2")}
+    for got in facts.values():
+        assert (got.abstention_elevated, got.n_drift_tests, got.rule_pass_rate) == (None, None, None)
+        assert (got.abstention_test, got.abstention_p_value, got.not_measured) == (None, None, None)
+        assert got.n_samples == 20
+    assert facts["run-1"].risk_quantiles == {}
+    assert facts["run-2"].risk_quantiles == make_record("run-2", 20).summary["risk_quantiles"]
+
+
+def test_report_queries_read_evidence_and_models(written):
+    store, record = written
+    store.write_run(make_record("run-2", 10, model="tabular"))
+    with store.connect() as conn:
+        run = queries.run_summary(conn, "run-1")
+        evidence = queries.run_evidence(conn, run["run_pk"])
+        period = queries.period_evidence(
+            conn, model="digits", since=run["created_at"] - pd.Timedelta(days=1), until=run["created_at"]
+        )
+        later = queries.period_evidence(
+            conn, model="digits", since=run["created_at"], until=run["created_at"] + pd.Timedelta(days=1)
+        )
+        names = queries.models(conn)
+    assert list(evidence.itertuples(index=False, name=None)) == record.rmf_evidence
+    assert len(period) == 0  # [since, until): the run's own creation time is the first excluded instant
+    assert list(later.columns) == list(queries.PERIOD_EVIDENCE_COLUMNS)
+    assert sorted(later["subcategory_id"]) == sorted(e[0] for e in record.rmf_evidence)
+    assert set(later["run_id"]) == {"run-1"} and str(later["created_at"].dt.tz) == "UTC"
+    assert names == ["digits", "tabular"]
+
+
 def test_samples_are_limited_by_default_and_riskiest_first(store):
     store.write_run(make_record("big", DEFAULT_SAMPLE_LIMIT + 200))
     page = store.samples("big")
@@ -83,6 +169,16 @@ def test_downgrade_to_0001_and_upgrade_again(db_url):
     store.upgrade()
     store.write_run(make_record("run-1", 20))
     with store.write_engine.begin() as conn:
+        command.downgrade(migrations_config(conn), "0002")
+    assert store.current_revision() == "0002"
+    with store.engine.connect() as conn:
+        cols = conn.execute(sa.text("SELECT * FROM v_run_summary")).keys()
+        assert "abstention_p_value" in cols and "abstention_elevated" not in cols
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM v_method_cost")).scalar_one() == 2
+    # a report reads 0003's columns
+    with pytest.raises(StoreError, match="out of date.*certrisk db upgrade"), store.connect("report") as conn:
+        queries.run_summary(conn, "run-1")
+    with store.write_engine.begin() as conn:
         command.downgrade(migrations_config(conn), "0001")
     assert store.current_revision() == "0001"
     with store.engine.connect() as conn:
@@ -92,7 +188,7 @@ def test_downgrade_to_0001_and_upgrade_again(db_url):
     with store.write_engine.begin() as conn:
         command.downgrade(migrations_config(conn), "base")
     store.upgrade()
-    assert store.current_revision() == "0002"
+    assert store.current_revision() == "0003"
     store.write_run(make_record("run-2", 20))
     assert store.method_costs("run-2")["n_samples"].tolist() == [20, 20]
     assert store.verify().ok

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from records import make_record
 
 from certrisk.governance import GovernanceStore
-from certrisk.governance.store import GovernanceStore as _Store
+from certrisk.governance.write import RunWriter
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
             print("rows inserted", flush=True)
             time.sleep(600)
 
-        _Store._append_audit = hang
+        RunWriter._append_audit = hang
     elif mode == "race":
         go = Path(sys.argv[5])
         print("ready", flush=True)
