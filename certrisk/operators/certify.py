@@ -1,7 +1,9 @@
 """CertifyOperator (mapped over shards) and MergeCertificatesOperator (the reduce step).
 
-Each shard loads the model, predicts with the base model and runs every certification method the
-policy names (skipping, with a warning, methods the model's layers do not allow). Seeds derive
+Each shard loads the model (failing when it gives other than one logit per policy class),
+predicts with the base model (a sample whose logits are not finite gets base prediction ABSTAIN
+and confidence NaN, and abstains when scored) and runs every certification method the policy
+names (skipping, with a warning, methods the model's layers do not allow). Seeds derive
 from (run key, sample_id, method), so a retried or re-sharded task reproduces its certificates.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from airflow.sdk import Context
@@ -18,8 +21,9 @@ from certrisk.operators.artifacts import read_parquet, write_parquet
 from certrisk.operators.base import CertriskOperator
 from certrisk.operators.reference import read_staged_batch
 from certrisk.risk.certify import certify_with_spec, derive_seeds, method_available
+from certrisk.risk.health import check_output_shape
 from certrisk.risk.models import load_model, predict
-from certrisk.schemas.columns import CERTIFICATE_COLUMNS, PREDICTION_COLUMNS, SAMPLE_ID, conform
+from certrisk.schemas.columns import ABSTAIN, CERTIFICATE_COLUMNS, PREDICTION_COLUMNS, SAMPLE_ID, conform
 from certrisk.schemas.errors import InputError, PolicyError
 
 
@@ -61,8 +65,13 @@ class CertifyOperator(CertriskOperator):
         shard = self.shard or {"index": 0, "start": 0, "stop": int(self.batch["n_samples"])}
         batch = read_staged_batch(lp, self.batch, start=shard["start"], stop=shard["stop"])
         loaded = load_model(pol.model, lp.model_path, device=self.device or pol.certification.device)
+        check_output_shape(loaded.module, pol.model.input_shape, pol.model.classes, loaded.device)
         x = torch.as_tensor(batch.inputs(pol.model.input_shape))
         base_pred, base_conf = predict(loaded.module, x, device=loaded.device)
+        nonfinite = ~np.isfinite(base_conf)
+        if nonfinite.any():
+            self.log.warning("base model: non-finite logits on %d of %d samples", nonfinite.sum(), len(x))
+            base_pred = np.where(nonfinite, ABSTAIN, base_pred)
         run_key = self.run_key_override or self.run_key(context)
         certs, costs = self.certify_methods(
             loaded, x, batch.ids, run_key=run_key, shard_index=int(shard["index"])
@@ -108,6 +117,13 @@ class CertifyOperator(CertriskOperator):
             seeds = derive_seeds(run_key, ids, method)
             cert = certify_with_spec(loaded.module, x, spec, seeds=seeds, device=loaded.device)
             frames.append(cert.to_frame(ids))
+            votes = np.asarray(cert.extra.get("nonfinite_votes", 0))
+            if votes.any():
+                self.log.warning(
+                    "%s: %d sample(s) abstain because noisy copies gave non-finite logits",
+                    method,
+                    int((votes > 0).sum()),
+                )
             costs[method] = {"seconds": float(cert.seconds), "abstained": int(cert.abstained.sum())}
         if not frames:
             raise PolicyError(

@@ -19,9 +19,10 @@ class RiskScoreOperator(CertriskOperator):
     """Score every sample and the batch under the policy.
 
     :param certified: the merge step's dict; :param rules: the rule check's dict;
-    :param drift: the drift step's dict; :param context_result: the context step's dict.
-    Any of rules, drift and context_result may be None: their factors are then recorded as not
-    measured rather than silently zero.
+    :param drift: the drift step's dict; :param context_result: the context step's dict (with the
+    run's model health record, which a broken model turns into a critical batch). Any of rules,
+    drift and context_result may be None: their factors (and the model's health) are then
+    recorded as not measured rather than silently zero.
     """
 
     template_fields: Sequence[str] = (
@@ -69,6 +70,7 @@ class RiskScoreOperator(CertriskOperator):
                 self.context_result["reference_abstention_rate"] if self.context_result else None
             ),
             n_reference=self.context_result["n_reference"] if self.context_result else None,
+            model_health=self.context_result.get("model_health") if self.context_result else None,
         )
         root = self.run_dir(context)
         statement = limitations(pol)

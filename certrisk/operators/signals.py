@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from functools import cached_property, partial
 from typing import Any
 
+import numpy as np
 from airflow.sdk import Context
 
 from certrisk.operators.artifacts import read_parquet, write_parquet
@@ -16,6 +17,7 @@ from certrisk.operators.reference import load_reference, read_staged_batch, refe
 from certrisk.risk.context import batch_context
 from certrisk.risk.data import Batch, batch_sha256
 from certrisk.risk.drift import detect_drift
+from certrisk.risk.health import health_from_logits, reference_logits, reference_logits_key
 from certrisk.risk.models import LoadedModel, load_model
 from certrisk.risk.reference import ReferenceProfile, certify_reference, reference_certificates_key
 from certrisk.risk.rules import build_expectations, check_rules
@@ -112,9 +114,15 @@ class ContextOperator(CertriskOperator):
     radius's percentile among the reference set's own radii (certified once per model, policy
     and reference, kept in the artifact cache under CERTRISK_HOME).
 
+    Also checks the model's health on the labelled reference once per run (``certrisk.risk.
+    health``: finite logits, accuracy above chance, class recall, no dominant class) before the
+    score step trusts any certificate; the reference logits (one forward pass) are cached like
+    the reference certificates.
+
     :param batch: the ValidateBatchOperator's dict; :param certified: the merge step's dict.
     Writes ``context.parquet``; returns the reference abstention rate of the driving method (the
-    batch abstention test's baseline) and per-method reference figures under ``reference``.
+    batch abstention test's baseline), per-method reference figures under ``reference`` and the
+    health record under ``model_health`` (None when the reference has no labels).
     """
 
     template_fields: Sequence[str] = (*CertriskOperator.template_fields, "batch", "certified")
@@ -141,6 +149,7 @@ class ContextOperator(CertriskOperator):
             "reference": {str(s.method): profile.certificate_summary(s.method) for s in specs},
             "reference_abstention_rate": profile.abstention_rate(driving),
             "n_reference": profile.n_reference_,
+            "model_health": self.model_health(reference),
         }
         self.log.info(
             "context: %d rows; reference abstention of %s %.1f%% over %d reference samples",
@@ -172,18 +181,49 @@ class ContextOperator(CertriskOperator):
             )
         return out
 
+    def model_health(self, reference: Batch) -> dict | None:
+        """The health record (``ModelHealth.to_dict()``) of the model that certified the batch on
+        the labelled reference; None, with a warning, when the reference has no labels."""
+        pol = self.loaded_policy.policy
+        if reference.labels is None:
+            self.log.warning("model health not checked: the reference set has no labels")
+            return None
+        lp = self.loaded_policy
+        key = reference_logits_key(
+            model_sha256=self.certified["model_sha256"],
+            policy_sha256=lp.sha256,
+            reference_sha256=batch_sha256(reference),
+            device=self.device or pol.certification.device,
+        )
+        logits = ArtifactCache().get_or_compute("reference_logits", key, partial(self._logits, reference))
+        health = health_from_logits(logits, reference.labels, pol.model.classes, pol.health)
+        for problem in health.problems:
+            self.log.warning("model health: %s", problem)
+        return health.to_dict()
+
+    def _logits(self, reference: Batch) -> np.ndarray:
+        loaded = self.certifying_model()
+        inputs = reference.inputs(self.loaded_policy.policy.model.input_shape)
+        return reference_logits(loaded.module, inputs, device=loaded.device)
+
     def _certify_reference(self, inputs, ids, spec: MethodSpec) -> dict:
+        loaded = self.certifying_model()
+        return certify_reference(loaded.module, inputs, ids, spec, device=loaded.device)
+
+    def certifying_model(self) -> LoadedModel:
+        """The policy's model; ModelLoadError when its file is not the one that certified the batch."""
         loaded = self.model
         if loaded.sha256 != self.certified["model_sha256"]:
             raise ModelLoadError(
                 f"{loaded.path}: sha256 {loaded.sha256} differs from the model that certified the batch "
                 f"({self.certified['model_sha256']}); the model file changed during the run"
             )
-        return certify_reference(loaded.module, inputs, ids, spec, device=loaded.device)
+        return loaded
 
     @cached_property
     def model(self) -> LoadedModel:
-        """The policy's model, loaded on first use (only when a reference certificate is missing)."""
+        """The policy's model, loaded on first use (only when reference logits or certificates are
+        missing from the cache)."""
         pol = self.loaded_policy.policy
         return load_model(
             pol.model, self.loaded_policy.model_path, device=self.device or pol.certification.device

@@ -1,6 +1,7 @@
-"""What a batch's tier is decided from: the share of samples at each tier, the abstention test
-against the reference, the drift tests and the rule expectations, gathered into ``BatchFacts``
-(which ``certrisk.risk.tiering``'s batch rules read), and the batch tests that were not run.
+"""What a batch's tier is decided from: the model's health, the share of samples at each tier,
+the abstention test against the reference, the drift tests and the rule expectations, gathered
+into ``BatchFacts`` (which ``certrisk.risk.tiering``'s batch rules read), and the batch tests that
+were not run.
 """
 
 from __future__ import annotations
@@ -86,6 +87,25 @@ class RuleFinding:
 
 
 @dataclass(frozen=True)
+class HealthFinding:
+    """Model health: the problems of the health record (``certrisk.risk.health.ModelHealth``, as
+    its dict; None when no record was given) and the ids of the batch's samples whose base logits
+    were not finite. ``record`` is the health dict as given, for the summary."""
+
+    record: dict | None
+    problems: list[str]
+    nonfinite_ids: list[str]
+
+    @property
+    def checked(self) -> bool:
+        return self.record is not None
+
+    @property
+    def unhealthy(self) -> bool:
+        return bool(self.problems) or bool(self.nonfinite_ids)
+
+
+@dataclass(frozen=True)
 class BatchFacts:
     """What the batch rules read. ``drift`` and ``rules`` are None when their inputs were not given."""
 
@@ -94,11 +114,13 @@ class BatchFacts:
     abstention: AbstentionFinding
     drift: DriftFinding | None
     rules: RuleFinding | None
+    health: HealthFinding = HealthFinding(None, [], [])
 
     @property
     def tests_run(self) -> dict[str, bool]:
         """Whether each batch test of BATCH_TESTS ran, by name."""
         return {
+            "model_health": self.health.checked,
             "abstention_test": self.abstention.tested,
             "drift": self.drift is not None,
             "rule_expectations": self.rules is not None,
@@ -131,6 +153,15 @@ def _abstention_finding(
     n_ref = None if reference_rate is None else n_reference
     p_value, test = abstention_test(k, n, float(rate), n_ref)
     return AbstentionFinding(k, n, float(rate), test, p_value, scoring.abstention_p)
+
+
+def _health_finding(model_health: dict | None, nonfinite_ids) -> HealthFinding:
+    if model_health is not None and not isinstance(model_health, dict):
+        raise InputError(f"model_health must be the health record's dict, got {type(model_health).__name__}")
+    problems = [] if model_health is None else model_health.get("problems")
+    if not isinstance(problems, list | tuple) or not all(isinstance(p, str) for p in problems):
+        raise InputError(f"model_health: 'problems' must be a list of strings, got {problems!r}")
+    return HealthFinding(model_health, list(problems), [str(i) for i in nonfinite_ids])
 
 
 def _drift_finding(drift_tests: pd.DataFrame | None) -> DriftFinding | None:
@@ -170,6 +201,12 @@ class BatchTest:
 #: The batch-level measurements, in the order the summary lists what was not measured.
 BATCH_TESTS: tuple[BatchTest, ...] = (
     BatchTest(
+        "model_health",
+        "test_sets",
+        "no model health record was given: finite outputs, accuracy, class recall and the share "
+        "of the most-predicted class on the labelled reference were not checked",
+    ),
+    BatchTest(
         "abstention_test",
         "abstention",
         "no reference abstention rate (policy scoring.reference_abstention_rate or measured on the "
@@ -192,10 +229,14 @@ def gather_batch_facts(
     rule_expectations: pd.DataFrame | None,
     reference_abstention_rate: float | None,
     n_reference: int | None,
+    model_health: dict | None = None,
+    nonfinite_ids=(),
 ) -> BatchFacts:
     """The facts of a batch. ``sample_risk`` is conformed to SAMPLE_RISK_COLUMNS and not empty;
-    the other arguments are ``score_batch``'s. Raises InputError on unknown tiers, a reference rate
-    outside [0, 1], a non-positive ``n_reference`` or a drift or expectation table missing columns.
+    ``nonfinite_ids`` names its samples whose base logits were not finite; the other arguments
+    are ``score_batch``'s. Raises InputError on unknown tiers, a reference rate outside [0, 1], a
+    non-positive ``n_reference``, a drift or expectation table missing columns, or a health
+    record without a list of problems.
     """
     return BatchFacts(
         shares=_tier_shares(sample_risk),
@@ -203,6 +244,7 @@ def gather_batch_facts(
         abstention=_abstention_finding(sample_risk, scoring, reference_abstention_rate, n_reference),
         drift=_drift_finding(drift_tests),
         rules=_rule_finding(rule_expectations),
+        health=_health_finding(model_health, nonfinite_ids),
     )
 
 
@@ -212,6 +254,7 @@ __all__ = [
     "BatchFacts",
     "BatchTest",
     "DriftFinding",
+    "HealthFinding",
     "RuleFinding",
     "TierShares",
     "abstention_test",

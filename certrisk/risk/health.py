@@ -16,17 +16,27 @@ MEASURE 2.3, 2.5). Everything here is pure: arrays in, a frozen record out.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import binomtest
 
+from certrisk import __version__
+from certrisk.schemas.columns import ABSTAIN
 from certrisk.schemas.errors import InputError, ModelLoadError
+from certrisk.schemas.policy import HealthSpec
 
-#: Defaults that catch a constant or near-constant classifier and a model at chance.
-MIN_CLASS_RECALL = 0.05
-MAX_TOP_CLASS_EXCESS = 0.25
-CHANCE_TEST_ALPHA = 0.01
+#: Defaults that catch a constant or near-constant classifier and a model at chance (the policy's
+#: ``health`` section, ``certrisk.schemas.policy.HealthSpec``, documents them).
+MIN_CLASS_RECALL = HealthSpec().min_class_recall
+MAX_TOP_CLASS_EXCESS = HealthSpec().max_top_class_excess
+CHANCE_TEST_ALPHA = HealthSpec().chance_alpha
+
+#: Reference rows per forward pass of ``reference_logits``.
+FORWARD_ROWS = 4096
+#: Version of ``reference_logits``' computation, part of its cache key (bump it when it changes).
+REFERENCE_LOGITS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,10 @@ def assess_model(
         raise InputError(
             f"model health: logits of shape {logits.shape} and {len(labels)} labels do not fit {k} classes"
         )
+    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= k:
+        raise InputError(f"model health: labels must be class indices in [0, {k}), got {labels[:5]}...")
     bad = nonfinite_rows(logits)
-    pred = np.where(bad, -1, np.argmax(np.where(np.isfinite(logits), logits, -np.inf), axis=1))
+    pred = np.where(bad, ABSTAIN, np.argmax(np.where(np.isfinite(logits), logits, -np.inf), axis=1))
     n = len(labels)
     correct = int(((pred == labels) & ~bad).sum())
     label_share = np.bincount(labels, minlength=k) / n
@@ -155,3 +167,74 @@ def assess_model(
         n_nonfinite=int(bad.sum()),
         problems=tuple(problems),
     )
+
+
+def reference_logits(module, inputs, *, device=None, rows: int = FORWARD_ROWS) -> np.ndarray:
+    """The base model's logits on ``inputs``, one forward pass per ``rows`` inputs.
+
+    module : torch module mapping (rows, *input_shape) to logits (rows, n_classes), in eval mode.
+    inputs : array or tensor of shape (n_samples, *input_shape), in the model's input units.
+    device : where to run; default the module's (CPU for a module without parameters).
+    Returns float64 array of shape (n_samples, n_classes); NaN and inf are kept, not raised.
+    """
+    x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
+    if x.ndim < 2 or len(x) == 0:
+        raise InputError(f"model health: need a non-empty batch of inputs, got shape {tuple(x.shape)}")
+    param = next(iter(module.parameters()), None)
+    dev = torch.device(device) if device is not None else (param.device if param is not None else "cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(x), rows):
+            logits = module(x[start : start + rows].to(device=dev, dtype=dtype))
+            out.append(logits.double().cpu())
+    return torch.cat(out).numpy()
+
+
+def reference_logits_key(
+    *, model_sha256: str, policy_sha256: str, reference_sha256: str, device: str | None
+) -> dict[str, Any]:
+    """Everything ``reference_logits`` on the reference set depends on, as a JSON-able cache key:
+    the model, policy (input shape) and reference hashes, the requested device (CPU and CUDA
+    round differently) and the computation's and certrisk's versions."""
+    return {
+        "model_sha256": model_sha256,
+        "policy_sha256": policy_sha256,
+        "reference_sha256": reference_sha256,
+        "device": device,
+        "algorithm": REFERENCE_LOGITS_VERSION,
+        "certrisk": __version__,
+    }
+
+
+def health_from_logits(
+    logits: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], spec: HealthSpec
+) -> ModelHealth:
+    """``assess_model`` under the policy's ``health`` floors, for reference logits of shape
+    (n_reference, n_logits). Raises ModelLoadError when n_logits is not ``len(classes)``."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] != len(classes):
+        raise ModelLoadError(
+            f"model output has shape {logits.shape} on {len(logits)} reference inputs; the policy's "
+            f"model.classes has {len(classes)} classes, so ({len(logits)}, {len(classes)}) was expected"
+        )
+    return assess_model(
+        logits,
+        labels,
+        classes,
+        min_class_recall=spec.min_class_recall,
+        max_top_class_excess=spec.max_top_class_excess,
+        chance_alpha=spec.chance_alpha,
+    )
+
+
+def check_model(
+    module, inputs, labels: np.ndarray, classes: tuple[str, ...], spec: HealthSpec, *, device=None
+) -> ModelHealth:
+    """Model health of ``module`` on the labelled reference, under the policy's floors.
+
+    inputs : array of shape (n_reference, *input_shape); labels : int array of shape
+    (n_reference,), indices into ``classes``; spec : the policy's ``health`` section. One
+    forward pass over the reference (``reference_logits``), then ``health_from_logits``.
+    """
+    return health_from_logits(reference_logits(module, inputs, device=device), labels, classes, spec)

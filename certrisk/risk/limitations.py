@@ -30,16 +30,29 @@ def _translated(radius: float, norm: Norm, dim: int) -> str:
     return ", ".join(parts)
 
 
-def _smoothing_paragraph(spec: SmoothingSpec, dim: int) -> str:
+def _largest_radius(spec: SmoothingSpec) -> tuple[float, str]:
+    """The largest radius the smoothing parameters can certify, and its formula in words: fixed
+    mode bounds at level alpha; sequential mode's last stage at alpha / K over its K stages."""
+    from certrisk.risk.certify.smoothing import sequential_stages
     from certrisk.risk.certify.stats import clopper_pearson_lower, smoothing_radius
 
-    p_max = float(clopper_pearson_lower(spec.n, spec.n, spec.alpha))
-    r_max = float(smoothing_radius(p_max, spec.sigma))
+    if spec.mode == "fixed":
+        level, formula = spec.alpha, "sigma * Phi^-1(alpha^(1/n))"
+    else:
+        k = len(sequential_stages(spec.n))
+        level, formula = spec.alpha / k, f"sigma * Phi^-1((alpha / K)^(1/n)) with K = {k} stages"
+    p_max = float(clopper_pearson_lower(spec.n, spec.n, level))
+    return float(smoothing_radius(p_max, spec.sigma)), formula
+
+
+def _smoothing_paragraph(spec: SmoothingSpec, dim: int) -> str:
+    r_max, formula = _largest_radius(spec)
     example = 10_000
     mode = (
         "a fixed number of estimation samples"
         if spec.mode == "fixed"
-        else "sequential estimation that stops early once the target radius is certified"
+        else f"sequential estimation that stops early once the target radius {spec.target_radius} is certified, "
+        "each stage's bound at level alpha / K so that all hold together"
     )
     return (
         f"**Randomized smoothing, norm {spec.norm.value}.** Gaussian noise sigma = {spec.sigma}, "
@@ -47,7 +60,7 @@ def _smoothing_paragraph(spec: SmoothingSpec, dim: int) -> str:
         f"alpha = {spec.alpha}. With probability at least 1 - alpha = {1 - spec.alpha:g} over the noise, "
         "the smoothed classifier returns the certified class for every input within the certified "
         f"{spec.norm.value} radius of the sample. The largest radius these parameters can certify is "
-        f"sigma * Phi^-1(alpha^(1/n)) = {_fmt(r_max)} ({spec.norm.value}), reached only when all n noisy "
+        f"{formula} = {_fmt(r_max)} ({spec.norm.value}), reached only when all n noisy "
         f"copies agree. In d = {dim} input dimensions an {spec.norm.value} radius r also covers the "
         "radii min(d^(1/q - 1/p), 1) * r in the other norms; for the largest radius: "
         f"{_translated(r_max, spec.norm, dim)}. Each certificate can be wrong with probability up to "
@@ -83,6 +96,20 @@ def _lipschitz_paragraph(spec: LipschitzSpec, dim: int) -> str:
         "far below the distance to the nearest class change because the global constant is loose. "
         f"In d = {dim} dimensions an l2 radius r covers r in l1 and r / sqrt(d) = "
         f"{_fmt(1 / math.sqrt(dim))} * r in linf."
+    )
+
+
+def _health_paragraph(policy: Policy) -> str:
+    h = policy.health
+    return (
+        "Before any certificate is trusted, the base model is checked on the labelled reference set "
+        "(NIST AI RMF MEASURE 2.3): every logit finite, accuracy above always predicting the majority "
+        f"class (one-sided binomial test at level {h.chance_alpha}), every class's recall at least "
+        f"{h.min_class_recall}, and no class predicted more than {h.max_top_class_excess} above its share "
+        "of the labels. A broken model (NaN weights, a constant or chance-level classifier) would "
+        "otherwise be certified at the largest radius everywhere; failing any check makes the batch "
+        "critical, and a sample whose logits are not finite abstains. The check speaks for the reference "
+        "distribution only: it is not a measure of accuracy on production data."
     )
 
 
@@ -157,6 +184,7 @@ def limitations(policy: Policy, *, dim: int | None = None) -> str:
             f"instability) reaches risk {ceiling:.3f} at most. Tier low means no factor of the score fired; it "
             "is not evidence that the sample is benign."
         ),
+        _health_paragraph(policy),
     ]
     return "\n\n".join(sections) + "\n"
 

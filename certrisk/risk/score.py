@@ -1,10 +1,13 @@
 """Per-sample composite risk: factors, their combination and each factor's contribution.
 
 Per sample (``score_samples``), the factors of ``certrisk.schemas.factors.FACTOR_SPECS``, each
-in [0, 1] and defined there: ``abstention`` (the driving certificate abstained or the methods
-disagree), ``radius_rank``, ``context``, ``rules``, ``novelty`` and ``instability``. The driving
-certificate is ``CertificationSpec.driving``'s: for a smoothing method, the row at its sigma and
-alpha. A factor whose input is not given is not measured: 0, and listed as such.
+in [0, 1] and defined there: ``abstention`` (the driving certificate abstained, or the base
+logits were not finite), ``radius_rank``, ``context``, ``rules``, ``novelty``, ``instability`` and
+``method_disagreement`` (two methods certified different classes). The driving certificate is
+``CertificationSpec.driving``'s: for a smoothing method, the row at its sigma and alpha. A factor
+whose input is not given is not measured: 0, and listed as such. ``abstained`` counts what the
+reference abstention rate counts (the driving certificate's abstention), so the batch test
+compares like with like; disagreement is a factor of its own.
 
 They combine as ``risk = 1 - prod_i (1 - w_i * f_i)`` with the policy's weights (ScoringSpec
 documents why the default weights make abstention alone reach tier high and keep a certified
@@ -32,6 +35,7 @@ from certrisk.schemas.columns import (
     CERTIFICATE_COLUMNS,
     CONTEXT_COLUMNS,
     FACTORS,
+    NONFINITE_LOGITS_ATTR,
     NOVELTY_COLUMNS,
     PREDICTION_COLUMNS,
     RULE_SAMPLE_COLUMNS,
@@ -322,13 +326,16 @@ def score_samples(
     Returns
     -------
     DataFrame with SAMPLE_RISK_COLUMNS, one row per sample in the order of ``predictions``.
-    ``prediction`` is the driving certificate's class (ABSTAIN, -1, when it abstained);
-    ``abstained`` is true when it abstained or the methods disagree on the class (the prediction
-    is then kept, so a reviewer sees what the smoothed classifier said). ``factor_<name>`` holds
+    ``prediction`` is the driving certificate's class (ABSTAIN, -1, when the sample abstained);
+    ``abstained`` is true when the driving certificate abstained or the base model's logits for
+    the sample were not all finite (``nonfinite_base``): the definition the reference abstention
+    rate uses. Method disagreement is the ``method_disagreement`` factor; the prediction of a
+    disagreeing sample is kept, so a reviewer sees what the driving certificate said. ``factor_<name>`` holds
     contributions (summing to ``risk``); ``top_factors`` the factors with a positive contribution,
     largest first; ``rmf_ids`` the NIST AI RMF subcategories the sample's evidence supports. Rows
     of ``top_factors`` and ``rmf_ids`` with equal content share one list object. ``attrs`` holds
-    ``measured`` and ``not_measured`` (factor names), which ``score_batch`` reports.
+    ``measured`` and ``not_measured`` (factor names) and ``nonfinite_logits`` (ids of the samples
+    that abstained because their base logits were not finite), which ``score_batch`` reports.
 
     Raises
     ------
@@ -337,11 +344,14 @@ def score_samples(
     """
     batch = _batch(predictions)
     drive = _driving(certificates, batch, policy)
-    abstained = drive.abstained | drive.disagree
     base_prediction = batch.preds["base_prediction"].to_numpy(dtype=np.int64)
+    nonfinite = nonfinite_base(batch.preds)
+    abstained = drive.abstained | nonfinite
+    prediction = np.where(abstained, ABSTAIN, drive.prediction)
     values = {
         "abstention": abstained,
-        "instability": (~drive.abstained) & (base_prediction != drive.prediction),
+        "instability": (~abstained) & (base_prediction != prediction),
+        "method_disagreement": drive.disagree,
     }
     if context is not None:
         values.update(_context_factors(context, batch, drive))
@@ -364,7 +374,7 @@ def score_samples(
             "risk": risk,
             "tier": assign_tiers(risk, policy.scoring),
             "abstained": abstained,
-            "prediction": drive.prediction,
+            "prediction": prediction,
             "base_prediction": base_prediction,
             **{f"factor_{name}": contrib[:, i] for i, name in enumerate(FACTORS)},
             "top_factors": _top_factors(contrib),
@@ -374,7 +384,15 @@ def score_samples(
     out = conform(out, SAMPLE_RISK_COLUMNS, table="sample_risk")
     out.attrs["measured"] = measured
     out.attrs["not_measured"] = [name for name in FACTORS if name not in measured]
+    out.attrs[NONFINITE_LOGITS_ATTR] = [str(i) for i in batch.ids[nonfinite]]
     return out
+
+
+def nonfinite_base(predictions: pd.DataFrame) -> np.ndarray:
+    """Bool array of shape (n_samples,): rows of a PREDICTION_COLUMNS frame whose base logits were
+    not all finite (``base_confidence`` NaN or inf, or ``base_prediction`` negative, i.e. ABSTAIN)."""
+    conf = predictions["base_confidence"].to_numpy(dtype=np.float64)
+    return ~np.isfinite(conf) | (predictions["base_prediction"].to_numpy(dtype=np.int64) < 0)
 
 
 def _top_factors(contrib: np.ndarray) -> np.ndarray:
@@ -404,6 +422,7 @@ __all__ = [
     "certified_ceiling",
     "combine_factors",
     "factor_contributions",
+    "nonfinite_base",
     "score_samples",
     "weight_vector",
 ]

@@ -2,8 +2,10 @@
 
 A sample's tier compares its risk with the policy's thresholds (``assign_tiers``). A batch's
 tier is the highest tier among the rules of ``BATCH_RULES`` that fire on the batch's facts
-(``certrisk.risk.batch_facts``: tier shares, the abstention test against the reference, drift
-tests, rule expectations); each rule that fires gives a reason. ``score_batch`` gathers the facts,
+(``certrisk.risk.batch_facts``: model health, tier shares, the abstention test against the
+reference, drift tests, rule expectations); each rule that fires gives a reason. A broken model
+(non-finite logits, a constant or chance-level classifier on the labelled reference) makes the
+batch critical before anything else is read (DESIGN.md, Principle 7). ``score_batch`` gathers the facts,
 evaluates the table in order and returns the batch summary.
 
 No rule, reason or summary here states that a batch was not attacked: a certificate bounds the
@@ -23,11 +25,12 @@ from certrisk.risk.batch_facts import (
     AbstentionFinding,
     BatchFacts,
     DriftFinding,
+    HealthFinding,
     RuleFinding,
     gather_batch_facts,
 )
 from certrisk.risk.evidence import batch_evidence_kinds
-from certrisk.schemas.columns import FACTORS, SAMPLE_RISK_COLUMNS, conform
+from certrisk.schemas.columns import FACTORS, NONFINITE_LOGITS_ATTR, SAMPLE_RISK_COLUMNS, conform
 from certrisk.schemas.enums import Tier
 from certrisk.schemas.errors import InputError
 from certrisk.schemas.factors import NOT_MEASURED_NOTES
@@ -81,6 +84,21 @@ class BatchRule:
     tier: Tier
     fires: Callable[[BatchFacts], bool]
     reason: Callable[[BatchFacts], str]
+
+
+def _model_unhealthy(b: BatchFacts) -> bool:
+    return b.health.unhealthy
+
+
+def _say_model_unhealthy(b: BatchFacts) -> str:
+    h = b.health
+    parts = list(h.problems)
+    if h.nonfinite_ids:
+        parts.append(
+            f"non-finite base logits on {len(h.nonfinite_ids)} batch sample(s), which abstain: "
+            f"{some_ids(h.nonfinite_ids)}"
+        )
+    return f"model health: {'; '.join(parts)}: no certificate of this model can be trusted"
 
 
 def _abstention_elevated(b: BatchFacts) -> bool:
@@ -168,6 +186,7 @@ def _say_critical_batch_rule_failed(b: BatchFacts) -> str:
 
 #: The batch rules, evaluated in this order; ``reasons`` keeps this order within a tier.
 BATCH_RULES: tuple[BatchRule, ...] = (
+    BatchRule("model_health", Tier.CRITICAL, _model_unhealthy, _say_model_unhealthy),
     BatchRule("abstention_elevated", Tier.HIGH, _abstention_elevated, _say_abstention_elevated),
     BatchRule("critical_share", Tier.CRITICAL, _critical_share, _say_critical_share),
     BatchRule("high_share", Tier.HIGH, _high_share, _say_high_share),
@@ -204,6 +223,15 @@ def _abstention_fields(a: AbstentionFinding) -> dict:
     }
 
 
+def _health_fields(h: HealthFinding) -> dict:
+    return {
+        "model_health": h.record,
+        "model_healthy": None if not h.checked else not h.unhealthy,
+        "n_nonfinite_logits": len(h.nonfinite_ids),
+        "nonfinite_logits": h.nonfinite_ids,
+    }
+
+
 def _drift_and_rule_fields(d: DriftFinding | None, r: RuleFinding | None) -> dict:
     return {
         "drift": None if d is None else d.detected,
@@ -232,6 +260,7 @@ def _summary(
     ranked = sorted(reasons, key=lambda r: r[0].rank, reverse=True)
     return {
         **_abstention_fields(facts.abstention),
+        **_health_fields(facts.health),
         "mean_risk": float(risk.mean()),
         "risk_quantiles": {
             "p50": float(quant[0]),
@@ -260,6 +289,7 @@ def score_batch(
     reference_abstention_rate: float | None = None,
     n_reference: int | None = None,
     not_measured: Iterable[str] | None = None,
+    model_health: dict | None = None,
 ) -> dict:
     """Summarise a batch and give it a tier with the reasons.
 
@@ -275,18 +305,24 @@ def score_batch(
         (None: the rate is taken as known). A rate from the policy counts as known and ignores
         ``n_reference``. See ``batch_facts.abstention_test`` for the test each case uses.
     not_measured : factors that were not measured; default ``sample_risk.attrs["not_measured"]``.
+    model_health : the run's model health record (``certrisk.risk.health.ModelHealth.to_dict()``:
+        figures on the labelled reference and ``problems``), or None (health not checked: listed
+        as not measured). Samples whose base logits were not finite are read from
+        ``sample_risk.attrs["nonfinite_logits"]`` (``score_samples`` sets it).
 
     The batch tier is the highest tier of the rules of BATCH_RULES that fire, each listed in
     ``reasons`` (highest tier first, table order within a tier; s = policy.scoring.high_share):
 
-    * critical: share of critical samples > s; abstention elevated and share of high+ samples
+    * critical: the model is unhealthy (a problem in ``model_health``, or non-finite base logits
+      on any batch sample); share of critical samples > s; abstention elevated and share of high+ samples
       > s; drift detected and abstention elevated; a critical batch-level rule failed.
     * high: share of high+ samples > s; abstention elevated (p < abstention_p); drift detected.
     * medium: share of medium+ samples > s; any rule expectation failed.
     * low otherwise.
 
     Returns a JSON-able dict: n_samples, abstention_rate, reference_abstention_rate,
-    abstention_test, abstention_p_value, abstention_elevated, mean_risk, risk_quantiles
+    abstention_test, abstention_p_value, abstention_elevated, model_health (the record as given),
+    model_healthy, n_nonfinite_logits, nonfinite_logits (sample ids), mean_risk, risk_quantiles
     {p50, p90, p99, max}, tier_counts {low, medium, high, critical}, high_share, drift,
     n_drift_tests, n_drift_tests_rejected, drift_rejected (test:feature names),
     rule_pass_rate, failed_expectations, tier, reasons, not_measured, notes, evidence_kinds,
@@ -305,6 +341,8 @@ def score_batch(
         rule_expectations=rule_expectations,
         reference_abstention_rate=reference_abstention_rate,
         n_reference=n_reference,
+        model_health=model_health,
+        nonfinite_ids=sample_risk.attrs.get(NONFINITE_LOGITS_ATTR, []),
     )
     return _summary(sr, facts, batch_reasons(facts), unmeasured)
 

@@ -49,7 +49,9 @@ CERTIFICATE_COLUMNS = MappingProxyType(
     }
 )
 
-#: Base (unsmoothed) model output per sample; feeds the instability factor.
+#: Base (unsmoothed) model output per sample; feeds the instability factor. Where the base
+#: model's logits for a sample are not all finite, ``base_confidence`` is NaN (and
+#: ``base_prediction`` should be ABSTAIN): the sample abstains (``certrisk.risk.score``).
 PREDICTION_COLUMNS = MappingProxyType(
     {SAMPLE_ID: "string", "base_prediction": "int64", "base_confidence": "float64"}
 )
@@ -121,6 +123,8 @@ CONTEXT_COLUMNS = MappingProxyType(
 #: factor of ``FACTORS`` (risk factors in [0, 1], defined in certrisk.schemas.factors);
 #: ``top_factors`` lists factor names with a positive contribution, largest first;
 #: ``rmf_ids`` lists the NIST AI RMF subcategories the sample's evidence supports.
+#: ``abstained``: the driving certificate abstained or the base logits were not finite (the
+#: definition the reference abstention rate uses; method disagreement is its own factor).
 SAMPLE_RISK_COLUMNS = MappingProxyType(
     {
         SAMPLE_ID: "string",
@@ -134,6 +138,10 @@ SAMPLE_RISK_COLUMNS = MappingProxyType(
         "rmf_ids": "object",
     }
 )
+
+#: ``attrs`` key of a scored sample_risk frame: ids of the samples that abstained because their
+#: base logits were not finite (``certrisk.risk.score`` sets it, the batch summary reports it).
+NONFINITE_LOGITS_ATTR = "nonfinite_logits"
 
 
 def empty_frame(spec) -> pd.DataFrame:

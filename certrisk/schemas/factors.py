@@ -47,9 +47,10 @@ FACTOR_SPECS: tuple[Factor, ...] = (
         0.6,
         "abstention",
         "1 when the driving certificate abstained (CertificationSpec.driving: the policy's first "
-        "smoothing method at its sigma and alpha, else its first method), or when the certification "
-        "methods disagree on the class (two methods that each gave a class gave different ones); "
-        "else 0. Abstention is the one reliable signal a certificate gives (DESIGN.md, Principle 2), "
+        "smoothing method at its sigma and alpha, else its first method), or when the base model's "
+        "logits for the sample are not all finite (a broken model gives no certificate to trust); "
+        "else 0. The same definition as the reference abstention rate the batch test compares "
+        "with. Abstention is the one reliable signal a certificate gives (DESIGN.md, Principle 2), "
         "so it weighs most.",
     ),
     Factor(
@@ -93,6 +94,16 @@ FACTOR_SPECS: tuple[Factor, ...] = (
         "certificate",
         "1 when the base model's prediction differs from the driving (smoothed) prediction of a "
         "sample that was not abstained; else 0.",
+    ),
+    Factor(
+        "method_disagreement",
+        0.6,
+        "certificate",
+        "1 when two certification methods that each gave a class for the sample gave different "
+        "classes (for example smoothing certifies one class and interval bounds another); else 0. "
+        "At most one of the certificates can describe the model's behaviour around the sample, so "
+        "it weighs like abstention: neither certificate can be relied on. Kept apart from "
+        "abstention so the batch abstention test compares one definition with the reference.",
     ),
 )
 

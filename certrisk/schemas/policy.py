@@ -1,8 +1,8 @@
 """The policy: one YAML file per model, validated with unknown keys rejected.
 
 A policy names the model, the certification methods and their parameters, the rules, the drift
-tests and reference set, the scoring weights and tier thresholds, the alert tier and the
-organisation's risk tolerance statement. ``load_policy`` returns the validated model together
+tests and reference set, the scoring weights and tier thresholds, the model health floors, the
+alert tier and the organisation's risk tolerance statement. ``load_policy`` returns the validated model together
 with the file's sha256, which every run records.
 
 Paths inside a policy may use ``${CERTRISK_HOME}`` and other environment variables; relative
@@ -180,6 +180,44 @@ class DriftSpec(_Strict):
     )
 
 
+class HealthSpec(_Strict):
+    """Model health floors, checked on the labelled reference before any certificate is trusted.
+
+    A broken model looks safest to a certificate: NaN weights or a constant classifier are
+    "certified" at the largest radius everywhere (DESIGN.md, Principle 7). So once per run the
+    base model predicts the labelled reference set (``certrisk.risk.health``) and the batch is
+    critical, with the reason named, when any of these fails:
+
+    * every logit is finite (a sample with a non-finite logit also abstains);
+    * the reference accuracy beats always predicting the majority class: a one-sided binomial
+      test at level ``chance_alpha`` (catches a model at chance);
+    * every class's recall reaches ``min_class_recall`` (catches a constant or near-constant
+      classifier, which recalls one class only);
+    * the most-predicted class's share of the predictions exceeds its share of the labels by at
+      most ``max_top_class_excess`` (catches a classifier that pours most inputs into one class).
+
+    The defaults catch a constant classifier, one that predicts a single class for more than a
+    quarter of the inputs beyond its true share, and one at chance; a model whose reference
+    accuracy is merely low passes and shows its figures in the record (NIST AI RMF MEASURE 2.3).
+    """
+
+    min_class_recall: float = Field(
+        default=0.05, ge=0, le=1, description="Floor on every class's recall on the reference."
+    )
+    max_top_class_excess: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="How far the most-predicted class's share may exceed its share of the labels.",
+    )
+    chance_alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Level of the one-sided binomial test that accuracy beats the majority share.",
+    )
+
+
 #: Default factor weights, from certrisk.schemas.factors (see ScoringSpec for why these values).
 DEFAULT_WEIGHTS = dict(factors.DEFAULT_WEIGHTS)
 
@@ -202,8 +240,12 @@ class ScoringSpec(_Strict):
     * a certified sample with no other factor never ranks above an abstained one: the
       certificate-derived factors of a certified sample (radius_rank, context, instability) give
       at most 1 - (1 - 0.15)(1 - 0.15)(1 - 0.3) = 0.494 < 0.6 <= the risk of any abstained
-      sample. It also stays below tier high (0.494 < 0.5): only abstention, failed rules or
-      novelty lift a sample to high.
+      sample. It also stays below tier high (0.494 < 0.5): only abstention, method
+      disagreement, failed rules or novelty lift a sample to high;
+    * method disagreement (two certificates of one sample certify different classes) weighs like
+      abstention, 0.6, so it alone reaches tier high too: contradicting certificates are no more
+      to be relied on than none. It is its own factor, not abstention, so that the batch
+      abstention test counts the same event in the batch as in the reference rate.
 
     ``weights`` may name a subset of the factors: the others keep their default weight (set a
     weight to 0 to switch a factor off). ``high_share``: a batch whose share of samples at tier
@@ -257,6 +299,7 @@ class Policy(_Strict):
     rules: RulesSpec = Field(default_factory=RulesSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     scoring: ScoringSpec = Field(default_factory=ScoringSpec)
+    health: HealthSpec = Field(default_factory=HealthSpec)
     alert_tier: Tier = Tier.HIGH
     risk_tolerance: str = Field(
         min_length=1,

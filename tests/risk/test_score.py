@@ -19,6 +19,7 @@ from certrisk.risk.batch_facts import (
     TierShares,
     abstention_test,
 )
+from certrisk.risk.health import assess_model
 from certrisk.risk.score import (
     abstention_alone,
     certified_ceiling,
@@ -69,6 +70,11 @@ def make_policy(**scoring):
 
 
 POLICY = make_policy()
+
+_LABELS = np.arange(30) % 3
+#: Health records of a model that predicts the labels (healthy) and of a constant classifier.
+HEALTHY = assess_model(np.eye(3)[_LABELS] * 5.0, _LABELS, ("a", "b", "c")).to_dict()
+CONSTANT = assess_model(np.eye(3)[np.zeros(30, dtype=int)] * 5.0, _LABELS, ("a", "b", "c")).to_dict()
 
 
 def certs(rows):
@@ -194,7 +200,7 @@ def test_hand_built_tiers_and_factors():
         "unstable": "medium",  # 0.3
         "rule_crit": "medium",  # 0.4
         "abstained_rule_novel": "high",  # 1 - 0.4 * 0.6 * 0.8 = 0.808 < 0.85
-        "disagree": "high",  # methods disagree: abstention, 0.6
+        "disagree": "high",  # methods disagree: method_disagreement, 0.6
     }
     risk = dict(zip(out["sample_id"], out["risk"], strict=True))
     assert risk["certified"] == 0.0
@@ -205,7 +211,11 @@ def test_hand_built_tiers_and_factors():
     assert risk["disagree"] == pytest.approx(0.6)
     row = out.set_index("sample_id")
     assert row.loc["abstained", "prediction"] == ABSTAIN == -1 and row.loc["abstained", "abstained"]
-    assert row.loc["disagree", "abstained"] and row.loc["disagree", "prediction"] == 1
+    # disagreement is its own factor, not abstention (the reference rate counts abstention only)
+    assert not row.loc["disagree", "abstained"] and row.loc["disagree", "prediction"] == 1
+    assert row.loc["disagree", "top_factors"] == ["method_disagreement"]
+    assert row.loc["disagree", "factor_method_disagreement"] == pytest.approx(0.6)
+    assert row.loc["disagree", "factor_abstention"] == 0.0
     assert not row.loc["unstable", "abstained"] and row.loc["unstable", "base_prediction"] == 0
     assert row.loc["certified", "top_factors"] == []
     assert row.loc["abstained_rule_novel", "top_factors"] == ["abstention", "rules", "novelty"]
@@ -374,9 +384,11 @@ def test_batch_low_when_abstention_matches_reference():
         rule_expectations=expectations(True),
         reference_abstention_rate=0.03,
         n_reference=None,
+        model_health=HEALTHY,
     )
     json.dumps(summary)
     assert summary["tier"] == "low", summary["reasons"]
+    assert summary["model_healthy"] is True and summary["model_health"] == HEALTHY
     assert summary["tier_counts"] == {"low": 195, "medium": 0, "high": 5, "critical": 0}
     assert summary["abstention_rate"] == pytest.approx(0.025)
     assert summary["abstention_test"] == "binomial"
@@ -478,9 +490,16 @@ def test_batch_reasons_text_and_order():
         drift_tests=drift_frame(True),
         rule_expectations=expectations(False, severity="critical", level="batch"),
         reference_abstention_rate=0.1,
+        model_health=CONSTANT,
     )
     assert summary["tier"] == "critical"
     assert summary["reasons"] == [
+        (
+            "critical: model health: reference accuracy 0.333 is not better than always predicting the "
+            "majority class (0.333; binomial p = 0.568 > 0.01); class recall below 0.05: b 0.000, c 0.000; "
+            "class a takes 1.000 of predictions but 0.333 of labels (more than 0.25 over: a constant or "
+            "near-constant classifier): no certificate of this model can be trusted"
+        ),
         "critical: share of critical samples 1.000 > 0.2",
         (
             "critical: abstention elevated and the share of high or critical samples above 0.2: the "
@@ -496,8 +515,13 @@ def test_batch_reasons_text_and_order():
     ]
     assert summary["not_measured"] == [] and summary["notes"] == []
     untested = score_batch(sr, policy=POLICY)
-    assert untested["not_measured"] == ["abstention_test", "drift", "rule_expectations"]
+    assert untested["not_measured"] == ["model_health", "abstention_test", "drift", "rule_expectations"]
+    assert untested["model_health"] is None and untested["model_healthy"] is None
     assert untested["notes"] == [
+        (
+            "model_health: no model health record was given: finite outputs, accuracy, class recall and "
+            "the share of the most-predicted class on the labelled reference were not checked"
+        ),
         (
             "abstention_test: no reference abstention rate (policy scoring.reference_abstention_rate or "
             "measured on the reference): batch abstention was not tested"
@@ -557,6 +581,7 @@ def test_each_batch_rule_fires_on_its_facts_alone(facts, fired):
 
 def test_batch_rule_table_matches_the_documented_tiers():
     assert {rule.name: rule.tier.value for rule in BATCH_RULES} == {
+        "model_health": "critical",
         "abstention_elevated": "high",
         "critical_share": "critical",
         "high_share": "high",
@@ -739,6 +764,27 @@ def test_limitations_translate_radii_like_the_certify_room():
     assert f"{float(translate_radius(r, 'l2', 'linf', 64)):.4g} (linf)" in text
     assert f"{r / 8:.3g}" in text  # linf = r / sqrt(64)
     assert "risk 0.600, tier high" in text
+
+
+def test_limitations_quote_the_sequential_mode_largest_radius():
+    """Sequential mode's last stage bounds at alpha / K (K stages), so its largest radius is below
+    fixed mode's; the statement quotes the sequential one."""
+    from certrisk.risk.certify import sequential_stages
+    from certrisk.risk.certify.stats import clopper_pearson_lower, smoothing_radius
+    from certrisk.risk.limitations import limitations
+
+    method = {"method": "smoothing", "sigma": 0.25, "n": 10_000, "alpha": 0.001}
+    seq = dict(method, mode="sequential", target_radius=0.3)
+    text = limitations(parse_policy(dict(POLICY_DATA, certification={"methods": [seq]})))
+    k = len(sequential_stages(10_000))
+    assert k == 6
+    r_seq = float(smoothing_radius(clopper_pearson_lower(10_000, 10_000, 0.001 / k), 0.25))
+    r_fixed = float(smoothing_radius(clopper_pearson_lower(10_000, 10_000, 0.001), 0.25))
+    assert f"{r_fixed:.4g}" != f"{r_seq:.4g}"
+    assert f"(alpha / K)^(1/n)) with K = 6 stages = {r_seq:.4g} (l2)" in text
+    assert f"{r_fixed:.4g} (l2)" not in text
+    fixed_text = limitations(parse_policy(dict(POLICY_DATA, certification={"methods": [method]})))
+    assert f"sigma * Phi^-1(alpha^(1/n)) = {r_fixed:.4g} (l2)" in fixed_text
 
 
 def stats_norm_ppf(p):

@@ -15,7 +15,15 @@ from certrisk.schemas.factors import (
 
 
 def test_factor_entries_are_complete_and_unique():
-    assert FACTORS == ("abstention", "radius_rank", "context", "rules", "novelty", "instability")
+    assert FACTORS == (
+        "abstention",
+        "radius_rank",
+        "context",
+        "rules",
+        "novelty",
+        "instability",
+        "method_disagreement",
+    )
     assert len(set(FACTORS)) == len(FACTORS)
     for spec in FACTOR_SPECS:
         assert 0.0 <= spec.weight <= 1.0, spec.name
@@ -35,7 +43,7 @@ def test_other_statements_derive_from_the_entries():
     assert rmf.FACTOR_EVIDENCE is FACTOR_EVIDENCE
     assert dict(FACTOR_EVIDENCE) == {f.name: f.evidence for f in FACTOR_SPECS}
     # factors computed from the certificates and predictions are always measured: no note
-    assert set(NOT_MEASURED_NOTES) == set(FACTORS) - {"abstention", "instability"}
+    assert set(NOT_MEASURED_NOTES) == set(FACTORS) - {"abstention", "instability", "method_disagreement"}
 
 
 def test_severity_factor_rises_with_severity():

@@ -24,8 +24,9 @@ Box-Muller transform of its two 32-bit halves, ``u1 = (hi + 1/2) / 2**32`` and
     z[p]     = sqrt(-2 ln u1) * cos(2 pi u2)
     z[p + W] = sqrt(-2 ln u1) * sin(2 pi u2)        W = ceil(D / 2); dropped when p + W = D
 
-computed in float32 (float64 for float64 noise). The 32-bit u1 truncates the tails at
-``|z| <= sqrt(64 ln 2) = 6.66``, which standard normal noise exceeds with probability 2.7e-11.
+computed in float32 (float64 for float64 noise). The 32-bit u1 is at least ``2**-33`` (hi = 0),
+which truncates the tails at ``|z| <= sqrt(-2 ln 2**-33) = sqrt(66 ln 2) = 6.76``; standard
+normal noise exceeds that with probability 1.3e-11.
 Integer bits are identical on every device; the floats differ between CPU and CUDA only by the
 rounding of their ``log``, ``sqrt``, ``cos`` and ``sin`` (a few ulps), so certificates on the two
 devices agree except where an input sits on that knife's edge.

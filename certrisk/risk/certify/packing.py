@@ -9,13 +9,14 @@ packed back to back into fixed-size chunks; each chunk's noise is computed at on
 elementwise kernels however many inputs it holds), the chunk is forwarded in slices of
 ``forward_rows`` rows (the last chunk is padded to a whole slice, so every forward pass has the
 same number of rows), and the predictions are counted per (input, stream, class) with one
-``index_add_`` on the device. Nothing is copied to the host until counts are asked for, and
+``index_add_`` on the device; a copy whose logits hold a NaN or inf is counted apart, for no
+class (``nonfinite``: a broken model must not vote for the class argmax picks from NaN). Nothing is copied to the host until counts are asked for, and
 nothing in a chunk waits for the device, so on CUDA the host queues the next chunk while the
 device runs this one. Only one chunk of noisy copies exists at a time.
 
 ``NoiseSampler`` is the whole interface: ``sample`` draws rows of streams, ``counts`` reads the
-class counts back. The smoothing algorithms (``smoothing.smooth_certify``, ``smooth_predict``)
-never see chunks, slots or padding.
+class counts back and ``nonfinite`` the copies with non-finite logits. The smoothing algorithms
+(``smoothing.smooth_certify``, ``smooth_predict``) never see chunks, slots or padding.
 """
 
 from __future__ import annotations
@@ -191,9 +192,9 @@ class _NoisyCounter:
             batch.add_(noise, alpha=self.sigma)
             preds = self._predict(batch)
             if self.counts is None:
-                self.counts = torch.zeros((self.n_slots + 1) * self.k, dtype=torch.int64, device=dev)
+                self.counts = torch.zeros((self.n_slots + 1) * (self.k + 1), dtype=torch.int64, device=dev)
             # index_add_, not bincount: CUDA's bincount reads the largest index back to the host
-            self.counts.index_add_(0, slots * self.k + preds, self.ones[:rows])
+            self.counts.index_add_(0, slots * (self.k + 1) + preds, self.ones[:rows])
             self.rows_forwarded += rows
 
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
@@ -212,7 +213,8 @@ class _NoisyCounter:
                 self.forward_rows //= 2
                 torch.cuda.empty_cache()
                 continue
-            preds.append(logits.argmax(1))
+            # a row with a NaN or inf logit votes for no class: column k, "non-finite"
+            preds.append(logits.argmax(1).masked_fill_(~torch.isfinite(logits).all(1), self.k))
             start += piece.shape[0]
         return preds[0] if len(preds) == 1 else torch.cat(preds)
 
@@ -240,10 +242,11 @@ class _NoisyCounter:
         return logits
 
     def table(self) -> np.ndarray:
-        """Counts as int64 of shape (n_slots, K) on the host (one device sync)."""
+        """Counts as int64 of shape (n_slots, K + 1) on the host (one device sync); column K counts
+        the rows whose logits were not all finite."""
         if self.counts is None:
             raise RuntimeError("no forward pass has run")
-        return self.counts.view(self.n_slots + 1, self.k)[: self.n_slots].cpu().numpy()
+        return self.counts.view(self.n_slots + 1, self.k + 1)[: self.n_slots].cpu().numpy()
 
     def cpu_peak_estimate(self) -> int:
         """Estimate of the working set: certrisk's buffers, the inputs, the parameters,
@@ -309,9 +312,19 @@ class NoiseSampler:
         self._counter.run(plan)
 
     def counts(self, *streams: int) -> tuple[np.ndarray, ...]:
-        """Per stream asked for, the class counts so far: int64 arrays of shape (B, K) (one device sync)."""
+        """Per stream asked for, the class counts so far: int64 arrays of shape (B, K) (one device
+        sync). A noisy copy whose logits were not all finite is counted in no class (``nonfinite``)."""
         table = self._counter.table()
-        return tuple(table[self._first_slot(s) : self._first_slot(s) + self.n_inputs] for s in streams)
+        return tuple(table[self._first_slot(s) : self._first_slot(s) + self.n_inputs, :-1] for s in streams)
+
+    def nonfinite(self, *streams: int) -> np.ndarray:
+        """Noisy copies per input, over the streams asked for, whose logits held a NaN or inf:
+        int64 array of shape (B,) (one device sync)."""
+        table = self._counter.table()
+        return sum(
+            (table[self._first_slot(s) : self._first_slot(s) + self.n_inputs, -1] for s in streams),
+            np.zeros(self.n_inputs, dtype=np.int64),
+        )
 
     def _first_slot(self, stream: int) -> int:
         """Row of the count table where the stream's counts begin (input i's is this plus i)."""

@@ -110,7 +110,15 @@ def smooth_certify(
     in the l2 ball of the returned radius around the input. c_A comes from the n0 selection samples
     only; the n estimation samples are independent of them; ``p_lower`` is the one-sided
     Clopper-Pearson bound at level alpha (float64, rounded down); the input abstains (prediction
-    ``ABSTAIN``, radius 0) when p_lower < 1/2; the radius is ``sigma * Phi^-1(p_lower)`` rounded down.
+    ``ABSTAIN``, radius 0) when p_lower <= 1/2, as Cohen et al. do (at 1/2 no ball is certified);
+    the radius is ``sigma * Phi^-1(p_lower)`` rounded down.
+
+    Broken models
+    -------------
+    A noisy copy whose logits hold a NaN or inf is a vote for no class (it never counts for c_A),
+    and any such vote, in selection or estimation, makes the input abstain whatever p_lower says:
+    a model with NaN weights abstains on every input instead of being certified everywhere.
+    ``extra["nonfinite_votes"]`` counts those copies per input (the reason of the abstention).
 
     Guarantee (sequential mode)
     ---------------------------
@@ -122,15 +130,19 @@ def smooth_certify(
     reports the stage's lower bound and radius. Since each of the K lower bounds fails with
     probability at most alpha / K, all of them hold together with probability at least 1 - alpha
     (union bound), so the reported radius carries the same guarantee as fixed mode whatever the
-    stopping rule looked at. With the same probability, an input that stopped on its upper bound
-    has ``sigma * Phi^-1(p_A) < target_radius``. The radius reported at the last stage uses level
-    alpha / K and is therefore slightly below fixed mode's at the same n.
+    stopping rule looked at. The K upper bounds hold together with probability at least
+    1 - alpha too, so an input that stopped on its upper bound has
+    ``sigma * Phi^-1(p_A) < target_radius`` with probability at least 1 - alpha; that statement
+    and the certificates hold jointly (all 2K bounds) with probability at least 1 - 2 alpha. The
+    largest radius sequential mode can report is ``sigma * Phi^-1((alpha / K)^(1/n))``, below
+    fixed mode's ``sigma * Phi^-1(alpha^(1/n))``, since the last stage uses level alpha / K.
 
     Returns
     -------
     CertificateBatch with ``n_used`` = ``n_forward`` = n0 + estimation samples used per input, and
     ``extra`` holding ``forward_rows`` (the forward size used), ``rows_forwarded`` (including
-    padding) and, in sequential mode, ``stages``.
+    padding), ``nonfinite_votes`` (int64 (B,), noisy copies with non-finite logits) and, in
+    sequential mode, ``stages``.
     """
     what = "smooth_certify"
     model, dev, xt = _validate(model, x, sigma, n0, n, alpha, batch_size, mode, target_radius, device, what)
@@ -145,15 +157,21 @@ def smooth_certify(
             used = np.full(len(c_a), n, dtype=np.int64)
             p_lower = clopper_pearson_lower(_count_of(estimation, c_a), used, alpha)
             stages = None
+            nonfinite = sampler.nonfinite(SELECTION, ESTIMATION)
         else:
             sampler.sample([(SELECTION, 0, n0)])
             (selection,) = sampler.counts(SELECTION)
             c_a = selection.argmax(axis=1)
             p_lower, used, stages = _sequential(sampler, c_a, n, alpha, sigma, target_radius)
+            nonfinite = sampler.nonfinite(SELECTION, ESTIMATION)
         peak = sampler.peak_memory()
     seconds = time.perf_counter() - start
-    abstained = p_lower < 0.5
-    extra = {"forward_rows": sampler.forward_rows, "rows_forwarded": sampler.rows_forwarded}
+    abstained = (p_lower <= 0.5) | (nonfinite > 0)
+    extra = {
+        "forward_rows": sampler.forward_rows,
+        "rows_forwarded": sampler.rows_forwarded,
+        "nonfinite_votes": nonfinite,
+    }
     if stages is not None:
         extra["stages"] = stages
     return CertificateBatch(
@@ -192,16 +210,20 @@ def sequential_stages(n: int) -> list[int]:
 def _sequential(sampler: NoiseSampler, c_a, n, alpha, sigma, target_radius):
     """Sequential mode's estimation stages (see ``smooth_certify``) for candidate classes c_a (B,).
 
-    Returns (p_lower float64 (B,), estimation samples used int64 (B,), the stages).
+    Returns (p_lower float64 (B,), estimation samples used int64 (B,), the stages). An input with a
+    non-finite vote stops at once (it abstains): before the first stage when a selection copy had
+    one (p_lower 0, no estimation samples), else after the stage that saw it.
     """
     stages = sequential_stages(n)
     level = alpha / len(stages)
     p_target = float(norm.cdf(float(target_radius) / float(sigma)))
-    active = np.ones(len(c_a), dtype=bool)
+    active = sampler.nonfinite(SELECTION) == 0
     p_lower = np.zeros(len(c_a))
     used = np.zeros(len(c_a), dtype=np.int64)
     prev = 0
     for k, size in enumerate(stages):
+        if not active.any():
+            break
         idx = np.flatnonzero(active)
         sampler.sample([(ESTIMATION, prev, size)], inputs=idx)
         (estimation,) = sampler.counts(ESTIMATION)
@@ -213,9 +235,8 @@ def _sequential(sampler: NoiseSampler, c_a, n, alpha, sigma, target_radius):
             break
         hi = clopper_pearson_upper(n_a, size, level)
         settled = (smoothing_radius(lo, sigma) >= target_radius) | (hi < p_target)
+        settled |= sampler.nonfinite(ESTIMATION)[idx] > 0
         active[idx[settled]] = False
-        if not active.any():
-            break
         prev = size
     return p_lower, used, stages
 
@@ -235,7 +256,8 @@ def smooth_predict(
 
     Counts the top two classes (n_A, n_B) among n noisy samples and abstains unless the two-sided
     binomial test of n_A out of n_A + n_B against 1/2 (``scipy.stats.binomtest``) rejects at
-    level alpha. With probability at least 1 - alpha, a returned class is g(x).
+    level alpha. With probability at least 1 - alpha, a returned class is g(x). An input with any
+    noisy copy whose logits are not all finite abstains.
 
     x : array of shape (B, *input_shape). Returns int64 array of shape (B,).
     """
@@ -248,12 +270,13 @@ def smooth_predict(
         )
         sampler.sample([(ESTIMATION, 0, n)])
         (counts,) = sampler.counts(ESTIMATION)
+        nonfinite = sampler.nonfinite(ESTIMATION)
     order = np.argsort(-counts, axis=1, kind="stable")
     top, second = order[:, 0], order[:, 1]
     n_a, n_b = _count_of(counts, top), _count_of(counts, second)
     out = np.full(len(top), ABSTAIN, dtype=np.int64)
     for i in range(len(top)):
-        if n_a[i] + n_b[i] == 0:
+        if n_a[i] + n_b[i] == 0 or nonfinite[i] > 0:
             continue
         if binomtest(int(n_a[i]), int(n_a[i] + n_b[i]), 0.5).pvalue <= alpha:
             out[i] = top[i]

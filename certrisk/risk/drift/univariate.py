@@ -1,8 +1,11 @@
 """Per-feature two-sample tests (the "univariate" family): Kolmogorov-Smirnov for continuous
 features, chi-squared for categorical ones.
 
-Each p-value comes from scipy and is valid for its own feature under the null that the
-feature's marginal distribution is unchanged.
+Each p-value is valid for its own feature under the null that the feature's marginal
+distribution is unchanged: Kolmogorov-Smirnov from scipy; chi-squared asymptotic from scipy
+where every expected count is at least 5, else exact conditional on the margins or by
+permutation (``certrisk.risk.drift.contingency``), so that small expected counts cannot inflate
+the test's size.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from certrisk.risk.drift.contingency import categorical_test
 from certrisk.risk.drift.correction import bh_qvalues
 from certrisk.risk.drift.inputs import check_same_features, feature_matrix
 from certrisk.schemas.columns import DRIFT_TEST_COLUMNS, conform
@@ -32,8 +36,10 @@ def feature_tests(
 
     Continuous features: ``scipy.stats.ks_2samp`` (two-sided, method "auto"); effect size the
     Wasserstein-1 distance over the pooled standard deviation (0 when both samples are the same
-    constant). Categorical features: chi-squared test of the 2 x K contingency table of category
-    counts (``scipy.stats.chi2_contingency``); effect size Cramer's V.
+    constant). Categorical features: Pearson's chi-squared test of the 2 x K contingency table
+    of category counts (``contingency.categorical_test``): asymptotic (``scipy.stats.
+    chi2_contingency``, test "chi2") when every expected count is at least 5, else exact given
+    the margins ("chi2_exact") or by permutation ("chi2_permutation"); effect size Cramer's V.
 
     Parameters
     ----------
@@ -131,18 +137,13 @@ def _chi2_row(feature: str, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     table = np.zeros((2, len(levels)), dtype=np.int64)
     np.add.at(table[0], codes[: len(x)], 1)
     np.add.at(table[1], codes[len(x) :], 1)
-    if len(levels) < 2:
-        stat, p, v = 0.0, 1.0, 0.0
-    else:
-        res = stats.chi2_contingency(table, correction=False)
-        stat, p = float(res.statistic), float(res.pvalue)
-        v = math.sqrt(stat / table.sum())  # Cramer's V with min(rows, cols) - 1 = 1
+    result = categorical_test(table)
     return {
-        "test": "chi2",
+        "test": result.test,
         "family": "univariate",
         "feature": feature,
-        "statistic": stat,
-        "p_value": p,
-        "effect_size": v,
+        "statistic": result.statistic,
+        "p_value": result.p_value,
+        "effect_size": math.sqrt(result.statistic / table.sum()),  # Cramer's V: min(rows, cols) - 1 = 1
         "effect_name": "cramers_v",
     }

@@ -22,6 +22,7 @@ from certrisk.risk.certify import (
     smooth_certify,
     smooth_predict,
 )
+from certrisk.risk.certify import smoothing as smoothing_engine
 from certrisk.schemas.columns import CERTIFICATE_COLUMNS
 from certrisk.schemas.errors import InputError
 from certrisk.schemas.policy import IBPSpec, LipschitzSpec, SmoothingSpec
@@ -259,3 +260,58 @@ def test_cuda_certify_reproducible_and_measured(trained_cnn, digits):
         trained_cnn, x[:64], seed=seeds, **{**kw, "mode": "sequential", "target_radius": 0.2}
     )
     assert seq.device.startswith("cuda:")
+
+
+# ---------------------------------------------------------------------------- broken models
+
+
+class _NaNWhereFirstFeatureIsLarge(nn.Module):
+    """The linear model, but its logits are NaN (row 0) or +inf (row 1 onwards) where x[0] > 50."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        bad = x[:, 0] > 50
+        return torch.where(bad[:, None], torch.tensor([float("nan"), float("inf")], dtype=out.dtype), out)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "sequential"])
+def test_nan_weights_abstain_on_every_input(linear, mode):
+    """Safetensors weights holding a NaN load; the smoothed classifier must abstain everywhere
+    (argmax of NaN logits would otherwise vote for class 0 every time and certify the largest
+    radius on every input)."""
+    broken = two_class_linear(W, B_BIAS)
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("nan")
+    x = points_at_distance(W, B_BIAS, np.linspace(-2, 2, 100) * SIGMA, seed=4)
+    kwargs = {"target_radius": 0.5 * SIGMA} if mode == "sequential" else {}
+    cert = smooth_certify(broken, x, sigma=SIGMA, n0=32, n=1000, alpha=0.001, seed=5, mode=mode, **kwargs)
+    assert cert.abstained.all()
+    assert (cert.prediction == -1).all() and (cert.radius == 0).all()
+    assert (cert.extra["nonfinite_votes"] > 0).all()
+    assert (smooth_predict(broken, x, sigma=SIGMA, n=200, seed=5) == -1).all()
+
+
+def test_nonfinite_votes_abstain_only_the_inputs_they_hit(linear):
+    """Inputs far from the NaN region certify as before; inputs inside it abstain."""
+    model = _NaNWhereFirstFeatureIsLarge(linear)
+    x = points_at_distance(W, B_BIAS, np.array([2.0, 2.0, -2.0, -2.0]) * SIGMA, seed=6)
+    x[[1, 3], 0] = 100.0
+    cert = smooth_certify(model, x, sigma=SIGMA, n0=64, n=2000, alpha=0.001, seed=7)
+    plain = smooth_certify(linear, x[[0, 2]], sigma=SIGMA, n0=64, n=2000, alpha=0.001, seed=cert.seed[[0, 2]])
+    assert list(cert.abstained) == [False, True, False, True]
+    np.testing.assert_array_equal(cert.radius[[0, 2]], plain.radius)
+    assert list(cert.extra["nonfinite_votes"]) == [0, 2064, 0, 2064]
+
+
+def test_p_lower_of_one_half_abstains(linear, monkeypatch):
+    """Cohen et al. abstain when p_lower <= 1/2: at exactly 1/2 no ball is certified."""
+    monkeypatch.setattr(
+        smoothing_engine, "clopper_pearson_lower", lambda k, n, alpha: np.full(np.shape(k), 0.5)
+    )
+    x = points_at_distance(W, B_BIAS, np.array([2.0, -2.0]) * SIGMA, seed=8)
+    cert = smooth_certify(linear, x, sigma=SIGMA, n0=32, n=200, alpha=0.001, seed=9)
+    assert cert.abstained.all() and (cert.prediction == -1).all() and (cert.radius == 0).all()
