@@ -202,7 +202,7 @@ class BatchTest:
 BATCH_TESTS: tuple[BatchTest, ...] = (
     BatchTest(
         "model_health",
-        "test_sets",
+        "model_health",
         "no model health record was given: finite outputs, accuracy, class recall and the share "
         "of the most-predicted class on the labelled reference were not checked",
     ),

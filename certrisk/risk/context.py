@@ -202,7 +202,12 @@ def profile_context(
         with the input (distance 0) and the radius is positive.
     """
     profile.check_fitted()
-    ref_radii = profile.certified_radii(method) if str(method) in profile.radii_ else None
+    ref_radii = None
+    if str(method) in profile.radii_:
+        # ranked against the certified reference radii; when the reference certified nothing (a
+        # broken model abstains everywhere) against all of them, abstentions counting as 0
+        ref_radii = profile.certified_radii(method)
+        ref_radii = ref_radii if ref_radii.size else profile.radii_[str(method)]
     return _context(
         profile,
         batch_X,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from certrisk.risk.factories import build_module
+from certrisk.schemas.columns import ABSTAIN
 from certrisk.schemas.errors import InputError, ModelLoadError
 from certrisk.schemas.policy import ModelSpec
 
@@ -214,6 +215,8 @@ def predict(
     """Base-model prediction and softmax confidence.
 
     x : array of shape (B, *input_shape). Returns (prediction int64 (B,), confidence float64 (B,)).
+    A row whose logits are not all finite (NaN or +-inf) gets prediction ABSTAIN and confidence
+    NaN: a broken output is never a class.
     """
     dev = select_device(device) if device is not None else next(module.parameters()).device
     xt = torch.as_tensor(x, dtype=torch.float32)
@@ -221,8 +224,11 @@ def predict(
         raise InputError("predict: empty batch")
     preds, confs = [], []
     for start in range(0, xt.shape[0], batch_size):
-        probs = torch.softmax(module(xt[start : start + batch_size].to(dev)).float(), dim=1)
-        conf, pred = probs.max(dim=1)
+        logits = module(xt[start : start + batch_size].to(dev)).float()
+        conf, pred = torch.softmax(logits, dim=1).max(dim=1)
+        broken = ~torch.isfinite(logits).all(dim=1)
+        pred = torch.where(broken, torch.full_like(pred, ABSTAIN), pred)
+        conf = torch.where(broken, torch.full_like(conf, float("nan")), conf)
         preds.append(pred.cpu())
         confs.append(conf.cpu())
     return torch.cat(preds).numpy().astype(np.int64), torch.cat(confs).numpy().astype(np.float64)

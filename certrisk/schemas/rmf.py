@@ -63,6 +63,9 @@ EVIDENCE = MappingProxyType(
         "audit_chain": ("GOVERN 1.4", "MEASURE 2.8"),
         "limitations": ("MEASURE 2.5", "MAP 2.2"),
         "test_sets": ("MEASURE 2.1",),
+        # model health on the labelled reference: performance against assurance criteria and
+        # the conditions under which the model is valid
+        "model_health": ("MEASURE 2.3", "MEASURE 2.5"),
         "risk_tiers": ("MANAGE 1.2", "MANAGE 1.3"),
         "alert": ("MANAGE 2.4", "MEASURE 3.1"),
         "model_inventory": ("GOVERN 1.6",),
@@ -110,6 +113,8 @@ EVIDENCE_DESCRIPTIONS = MappingProxyType(
         "audit_chain": "the hash-chained audit log over every row a run wrote",
         "limitations": "the statement of what the certificates cover and what they do not",
         "test_sets": "the reference set, the test tools and their versions",
+        "model_health": "the model's accuracy, class recall, dominant-class share and finite outputs on the "
+        "labelled reference, against the policy's health floors",
         "risk_tiers": "per-sample and per-batch risk tiers with their factors and reasons",
         "alert": "an alert raised when the batch tier reaches the policy's alert tier",
         "model_inventory": "the model registry entry: name, file sha256, policy",
@@ -150,8 +155,6 @@ UNEVIDENCED_CATEGORY_NOTES = MappingProxyType(
 UNEVIDENCED_SUBCATEGORY_NOTES = MappingProxyType(
     {
         "MEASURE 2.2": "evaluations with human subjects: certrisk runs none",
-        "MEASURE 2.3": "performance against assurance criteria needs labelled production data, which a "
-        "batch run does not have; abstention and drift are proxies, not accuracy",
         "MEASURE 2.9": "model explanation: certrisk explains its risk scores (factors, reasons), not the "
         "model's decisions",
         "MEASURE 2.10": "privacy risk: not measured (certificates say nothing about membership inference "

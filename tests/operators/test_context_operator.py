@@ -94,7 +94,7 @@ def _fresh(op: ContextOperator) -> ContextOperator:
 def test_context_certifies_the_reference_once_and_reports_the_driving_method(setup):
     op, _ = setup
     out = op.execute({"dag_run": RUN})
-    assert set(out) == {"context", "reference", "reference_abstention_rate", "n_reference"}
+    assert set(out) == {"context", "reference", "reference_abstention_rate", "n_reference", "model_health"}
     assert set(out["reference"]) == {"ibp", "smoothing"}
     assert out["n_reference"] == 30 and out["reference"]["smoothing"]["n_reference"] == 30
     assert out["reference_abstention_rate"] == out["reference"]["smoothing"]["abstention_rate"]

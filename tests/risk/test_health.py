@@ -89,3 +89,23 @@ def test_to_dict_is_json_ready():
     data = health.to_dict()
     assert data["class_recall"]["c"] is None
     json.dumps(data, allow_nan=False)
+
+
+def test_predict_never_turns_a_broken_output_into_a_class():
+    """-inf in one logit leaves softmax finite, yet the output is broken: ABSTAIN, NaN confidence."""
+    from certrisk.risk.models import predict
+    from certrisk.schemas.columns import ABSTAIN
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            out = torch.zeros(len(x), 3)
+            out[0, 1] = float("-inf")
+            out[1, 2] = float("nan")
+            out[2, 0] = 1.0
+            return out
+
+    module = Broken()
+    module.register_parameter("p", nn.Parameter(torch.zeros(1)))  # predict finds the device here
+    pred, conf = predict(module, np.zeros((3, 2), dtype=np.float32))
+    assert pred.tolist() == [ABSTAIN, ABSTAIN, 0]
+    assert np.isnan(conf[:2]).all() and np.isfinite(conf[2])
