@@ -2,16 +2,22 @@
 
 Used to check that no class change exists inside a certified radius (a failed check means an
 unsound certificate), and by the demo to build an attacked batch. An attack finding nothing
-proves nothing; it only fails to refute.
+proves nothing; it only fails to refute. Every point it evaluates and returns lies inside the
+ball, proved in float64 for the values it has in the dtype the model evaluates
+(``project_into_ball``): a point just outside a certified ball would report a false break.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from torch import nn
 
 from certrisk.schemas.errors import InputError
+
+_SHRINK_ROUNDS = 60
 
 
 def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -21,6 +27,51 @@ def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     norms = flat.norm(dim=1).clamp_min(1e-12)
     factor = torch.clamp(eps / norms, max=1.0)
     return (flat * factor[:, None]).view_as(delta)
+
+
+def _up(t: torch.Tensor) -> torch.Tensor:
+    return torch.nextafter(t, torch.full_like(t, math.inf))
+
+
+def ball_distance(x: torch.Tensor, points: torch.Tensor, norm: str) -> torch.Tensor:
+    """Upper bound of the exact lp distance between each row of ``points`` and of ``x`` (both of
+    shape (B, *shape), any float dtype, compared as exact values), float64 (B,)."""
+    gap = _up((points.double() - x.double()).abs()).flatten(1)
+    if norm == "linf":
+        return gap.max(dim=1).values
+    n = gap.shape[1]
+    factor = 1.0 + 2.0 * (n + 2) * 2.0**-53 / (1.0 - (n + 2) * 2.0**-53) + 2.0**-50
+    return _up(_up(_up(gap * gap).sum(dim=1) * factor).sqrt())
+
+
+def project_into_ball(x: torch.Tensor, points: torch.Tensor, eps, norm: str) -> torch.Tensor:
+    """The points moved into the lp ball of radius eps around x, in x's dtype.
+
+    x, points : tensors of shape (B, *shape); eps : a number or a tensor of shape (B,). Each
+    returned point p satisfies ``||p - x|| <= eps`` for the exact values of p and x in their
+    dtype (checked by ``ball_distance``, an upper bound computed in float64); points inside stay
+    unchanged up to rounding to x's dtype.
+    """
+    if norm not in ("l2", "linf"):
+        raise InputError(f"project_into_ball: norm must be 'l2' or 'linf', got {norm!r}")
+    b = x.shape[0]
+    e = torch.as_tensor(eps, dtype=torch.float64, device=x.device).expand(b).clone()
+    x64 = x.double()
+    d = points.double() - x64
+    view = (-1,) + (1,) * (x.ndim - 1)
+    if norm == "linf":
+        d = torch.maximum(torch.minimum(d, e.view(view)), -e.view(view))
+        factor = torch.ones(b, dtype=torch.float64, device=x.device)
+    else:
+        length = d.flatten(1).norm(dim=1)
+        factor = torch.where(length > e, e / length.clamp_min(1e-300), 1.0)
+    for _ in range(_SHRINK_ROUNDS):
+        out = (x64 + d * factor.view(view)).to(x.dtype)
+        bad = ball_distance(x, out, norm) > e
+        if not bool(bad.any()):
+            return out
+        factor = torch.where(bad, factor * (1.0 - 2.0**-20) - 2.0**-60, factor).clamp_min(0.0)
+    return torch.where(bad.view(view), x, out)
 
 
 def pgd_attack(
@@ -51,8 +102,9 @@ def pgd_attack(
 
     Returns
     -------
-    (x_adv, success): x_adv of shape (B, *input_shape) inside the ball (and the clip box);
-    success (B,) bool where the model's prediction on x_adv differs from y.
+    (x_adv, success): x_adv of shape (B, *input_shape) in x's dtype, inside the ball for its exact
+    values (``project_into_ball``) and inside the clip box when x is; success (B,) bool where the
+    model's prediction on x_adv (evaluated as returned) differs from y.
     """
     if norm not in ("l2", "linf"):
         raise InputError(f"pgd_attack: norm must be 'l2' or 'linf', got {norm!r}")
@@ -93,6 +145,7 @@ def pgd_attack(
             xa = x + delta
             if clip is not None:
                 xa = xa.clamp(*clip)
+            xa = project_into_ball(x, xa, eps, norm)
             hit = model(xa).argmax(dim=1) != y
             take = hit & ~found
             best[take] = xa[take]
@@ -103,11 +156,13 @@ def pgd_attack(
 def pgd_numpy(
     model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512, **kwargs
 ) -> tuple[np.ndarray, np.ndarray]:
-    """pgd_attack over a numpy array in batches on the model's device; returns numpy arrays."""
-    dev = next(model.parameters()).device
+    """pgd_attack over a numpy array in batches on the model's device, in the model's dtype;
+    returns numpy arrays (x_adv in that dtype)."""
+    param = next(model.parameters())
+    dev, dtype = param.device, param.dtype
     outs, hits = [], []
     for start in range(0, len(x), batch_size):
-        xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=dev)
+        xb = torch.as_tensor(x[start : start + batch_size], dtype=dtype, device=dev)
         yb = torch.as_tensor(y[start : start + batch_size], dtype=torch.int64, device=dev)
         xa, ok = pgd_attack(model, xb, yb, **kwargs)
         outs.append(xa.cpu().numpy())

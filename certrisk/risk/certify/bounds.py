@@ -1,130 +1,218 @@
-"""Interval bound propagation (Gowal et al. 2018), with an exact l2 first layer and a margin head.
+"""Interval bound propagation (Gowal et al. 2018) that holds for the model as executed.
 
-Bounds are computed in float64 on the model's device from float64 copies of the weights. A box
-is carried as (centre, radius): an affine map sends it to (W c + b, |W| r), monotone layers
-(ReLU, MaxPool) map its corners. For ``norm="l2"`` the input ball is kept exact up to the first
-affine layer, whose i-th output lies in ``W_i x + b_i +- eps * ||W_i||_2`` (the dual norm of l2
-is l2); after it the bounds are boxes. The guarantee is about the real-valued network whose
-weights are the model's; float64 rounding error is far below the float32 model's own.
+Bounds are propagated in float64 with outward rounding (``rounding``): every elementwise result
+is stepped toward -inf or +inf, and every sum or matrix product carries the a-priori bound of its
+own float error. Each layer's box ``[lo, hi]`` holds the exact (real-arithmetic) network's values
+over the input ball, and ``err`` bounds how far the model's own forward pass in its dtype can be
+from them (``Execution``: the dot-product error bound ``gamma_n (|W| |x| + |b|)`` per layer,
+propagated through the next layers; ReLU and max pooling are exact). For ``norm="l2"`` the ball
+is kept exact up to the first Linear/Conv2d, whose i-th output lies in
+``W_i x + b_i +- eps ||W_i||_2``; after it the bounds are boxes.
+
+A certificate needs the executed argmax constant over the ball: the lower bound of the exact
+margin ``z_y - z_j`` minus the bound of the executed logits' float error must be > 0 for every
+j != y (a tie is a change: ``argmax`` picks the first index). The guarantee covers inputs given in
+the model's dtype inside the ball (``Execution.covers`` says which arithmetic).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from certrisk.risk.certify.batch import CertificateBatch, DeterministicRun
-from certrisk.risk.certify.inputs import as_batch, check_positive, place
-from certrisk.risk.certify.network import sequential_layers, split_last_linear
+from certrisk.risk.certify.inputs import as_batch, check_positive, model_dtype, place
+from certrisk.risk.certify.linear_maps import AffineMap, MaxPool, Relu, Reshape, linear_maps
+from certrisk.risk.certify.network import sequential_layers
 from certrisk.risk.certify.norms import as_norm
+from certrisk.risk.certify.rounding import (
+    U64,
+    Execution,
+    centre_radius,
+    down,
+    execution_for,
+    gamma,
+    inflate,
+    scalar_up,
+    up,
+)
+from certrisk.risk.certify.search import SEARCH_RTOL, eps_tensor, largest_certified
 from certrisk.risk.certify.stats import round_down
 from certrisk.schemas.enums import Method, Norm
 from certrisk.schemas.errors import InputError
 
-#: Relative tolerance of the eps search: the reported radius r satisfies r <= r* and
-#: r >= r* / (1 + SEARCH_RTOL), where r* is the largest eps at which IBP certifies the input
-#: (IBP is monotone in eps). Inputs with r* below SEARCH_MIN_EPS report abstention.
-SEARCH_RTOL = 1e-3
-SEARCH_MIN_EPS = 2.0**-40
-SEARCH_START_EPS = 2.0**-6
+__all__ = ["SEARCH_RTOL", "Box", "ibp_certify", "ibp_step", "interval_bounds", "margin_bounds", "start_box"]
 
 
-def _per_input(eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return eps.view(-1, *([1] * (like.ndim - 1)))
+def _per_input(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
 
 
-class _State:
-    """Centre and radius of a box, or (radius None) an exact l2 ball of radius eps around centre."""
+class Box:
+    """Bounds of one layer's values over the input ball, each of shape (B, *shape), float64.
 
-    def __init__(self, centre: torch.Tensor, radius: torch.Tensor | None, eps: torch.Tensor):
-        self.centre = centre
-        self.radius = radius
-        self.eps = eps
+    ``[lo, hi]`` holds the exact network's values; ``err`` (None when no execution is modelled)
+    bounds ``|executed - exact|`` elementwise. ``ball`` (shape (B,)) marks an l2 ball of that
+    radius around ``lo`` (= ``hi``) not yet through an affine map.
+    """
 
-    def box(self) -> torch.Tensor:
-        if self.radius is None:
-            self.radius = _per_input(self.eps, self.centre).expand_as(self.centre).clone()
-        return self.radius
+    def __init__(self, lo, hi, err=None, ball=None):
+        self.lo, self.hi, self.err, self.ball = lo, hi, err, ball
 
+    def as_box(self) -> Box:
+        if self.ball is None:
+            return self
+        e = _per_input(self.ball, self.lo)
+        return Box(down(self.lo - e), up(self.hi + e), self.err)
 
-def _affine_dual(layer: nn.Module, state: _State) -> torch.Tensor:
-    """eps * ||row||_2 of each output of an affine layer (exact bound over the l2 ball)."""
-    w = layer.weight.double()
-    if isinstance(layer, nn.Linear):
-        row = w.norm(dim=1)
-        return _per_input(state.eps, state.centre[:, :1]) * row
-    ones = torch.ones_like(state.centre)
-    sq = F.conv2d(ones, w * w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-    return _per_input(state.eps, sq) * sq.clamp_min(0).sqrt()
+    def merged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower, upper) holding both the exact and the executed values."""
+        box = self.as_box()
+        if box.err is None:
+            return box.lo, box.hi
+        return down(box.lo - box.err), up(box.hi + box.err)
 
-
-def _step(layer: nn.Module, state: _State) -> _State:
-    c = state.centre
-    if isinstance(layer, (nn.Identity, nn.Dropout)):
-        return state
-    if isinstance(layer, nn.Flatten):
-        r = None if state.radius is None else layer(state.radius)
-        return _State(layer(c), r, state.eps)
-    if isinstance(layer, nn.Linear):
-        w = layer.weight.double()
-        b = None if layer.bias is None else layer.bias.double()
-        centre = F.linear(c, w, b)
-        if state.radius is None:
-            return _State(centre, _affine_dual(layer, state), state.eps)
-        return _State(centre, F.linear(state.radius, w.abs()), state.eps)
-    if isinstance(layer, nn.Conv2d):
-        w = layer.weight.double()
-        b = None if layer.bias is None else layer.bias.double()
-        args = (layer.stride, layer.padding, layer.dilation, layer.groups)
-        centre = F.conv2d(c, w, b, *args)
-        if state.radius is None:
-            return _State(centre, _affine_dual(layer, state), state.eps)
-        return _State(centre, F.conv2d(state.radius, w.abs(), None, *args), state.eps)
-    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        scale = (layer.running_var.double() + layer.eps).rsqrt()
-        if layer.weight is not None:
-            scale = scale * layer.weight.double()
-        shift = -layer.running_mean.double() * scale
-        if layer.bias is not None:
-            shift = shift + layer.bias.double()
-        shape = (1, -1) + (1,) * (c.ndim - 2)
-        scale, shift = scale.view(shape), shift.view(shape)
-        return _State(c * scale + shift, state.box() * scale.abs(), state.eps)
-    if isinstance(layer, nn.ReLU):
-        r = state.box()
-        lo, hi = F.relu(c - r), F.relu(c + r)
-        return _State((hi + lo) / 2, (hi - lo) / 2, state.eps)
-    if isinstance(layer, nn.AvgPool2d):
-        return _State(layer(c), layer(state.box()), state.eps)
-    if isinstance(layer, nn.MaxPool2d):
-        r = state.box()
-        lo, hi = layer(c - r), layer(c + r)
-        return _State((hi + lo) / 2, (hi - lo) / 2, state.eps)
-    raise InputError(f"interval_bounds: unsupported layer {type(layer).__name__}")
+    def magnitude(self) -> torch.Tensor:
+        """Upper bound of ``|value|`` (exact or executed)."""
+        lo, hi = self.merged()
+        return torch.maximum(lo.abs(), hi.abs())
 
 
-def _propagate(layers, x64: torch.Tensor, eps: torch.Tensor, norm: Norm) -> _State:
-    state = _State(x64, None, eps)
-    if norm == Norm.LINF:
-        state.box()
-    elif norm != Norm.L2:
-        raise InputError(f"interval_bounds: norm must be 'linf' or 'l2', got {norm.value!r}")
-    for layer in layers:
-        state = _step(layer, state)
-    return state
+def start_box(x64: torch.Tensor, eps: torch.Tensor, norm: Norm, exe: Execution | None) -> Box:
+    """The input ball: a box for linf, an exact ball for l2; inputs are exact (err 0)."""
+    err = None if exe is None else torch.zeros_like(x64)
+    if norm == Norm.L2:
+        return Box(x64, x64, err, eps)
+    if norm != Norm.LINF:
+        raise InputError(f"interval bounds: norm must be 'linf' or 'l2', got {norm.value!r}")
+    e = _per_input(eps, x64)
+    return Box(down(x64 - e), up(x64 + e), err)
 
 
-def _eps_tensor(eps, b: int, dev, what: str) -> torch.Tensor:
-    arr = np.asarray(eps, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = np.full(b, float(arr))
-    if arr.shape != (b,):
-        raise InputError(f"{what}: eps must be a number or an array of shape ({b},), got shape {arr.shape}")
-    if not np.isfinite(arr).all() or (arr < 0).any():
-        raise InputError(f"{what}: eps must be finite and >= 0")
-    return torch.as_tensor(arr, dtype=torch.float64, device=dev)
+def _affine(op: AffineMap, box: Box, exe: Execution | None) -> Box:
+    ball = box.ball is not None and op.kind in ("linear", "conv")
+    if not ball:
+        box = box.as_box()
+    b = box.lo.shape[0]
+    k = scalar_up(inflate(op.n_dot) * (1.0 + op.theta) * (1.0 + 4 * U64))
+    if ball:
+        c = box.lo
+        w_r = up(box.ball.view(-1, *([1] * len(op.out_shape))) * op.row_norms())
+        w_mag = up(op.forward(c.abs(), absolute=True) * k)
+        psi = up(w_mag + w_r)
+        w_err = None
+    else:
+        c, r = centre_radius(box.lo, box.hi)
+        mag = up(c.abs() + r) if box.err is None else up(up(c.abs() + r) + box.err)
+        parts = [r, mag] + ([] if box.err is None else [box.err])
+        out = op.forward(torch.cat(parts), absolute=True).split(b)
+        w_r, psi = up(out[0] * k), up(out[1] * k)
+        w_err = None if box.err is None else up(out[2] * k)
+    if op.psi_const is not None:
+        psi = up(psi + op.psi_const)
+    centre = op.forward(c)
+    if op.bias is not None:
+        centre = centre + op.bias
+    rad = up(w_r + up(psi * scalar_up(gamma(op.n_dot + 2) + op.theta)))
+    err = None
+    if exe is not None:
+        err = up(up(psi * op.exec_rel(exe)) + op.exec_abs(exe))
+        if w_err is not None:
+            err = up(err + w_err)
+    return Box(down(centre - rad), up(centre + rad), err)
+
+
+def ibp_step(op, box: Box, exe: Execution | None) -> Box:
+    """One layer of interval propagation (see the module docstring)."""
+    if isinstance(op, AffineMap):
+        return _affine(op, box, exe)
+    if isinstance(op, Reshape):
+        shape = (-1, *op.out_shape)
+        err = None if box.err is None else box.err.reshape(shape)
+        return Box(box.lo.reshape(shape), box.hi.reshape(shape), err, box.ball)
+    box = box.as_box()
+    if isinstance(op, Relu):
+        err = None if box.err is None else torch.where(up(box.hi + box.err) <= 0, 0.0, box.err)
+        return Box(box.lo.clamp_min(0), box.hi.clamp_min(0), err)
+    if isinstance(op, MaxPool):
+        err = None if box.err is None else op.layer(box.err)
+        return Box(op.layer(box.lo), op.layer(box.hi), err)
+    raise InputError(f"interval bounds: no step for {type(op).__name__}")
+
+
+def _propagate(ops, x64, eps, norm, exe) -> Box:
+    box = start_box(x64, eps, norm, exe)
+    for op in ops:
+        box = ibp_step(op, box, exe)
+    return box
+
+
+def _linear_head(head: AffineMap, box: Box, y: torch.Tensor, exe: Execution | None):
+    """Bounds of ``z_y - z_j`` through the last Linear (W, b), tighter than ``lower_y - upper_j``."""
+    w = head.weight
+    n = w.shape[1]
+    bias = (
+        head.bias.view(-1)
+        if head.bias is not None
+        else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    )
+    d = w[y][:, None, :] - w[None, :, :]  # (B, K, n)
+    k = scalar_up(inflate(n) * (1.0 + 4 * U64))
+    if box.ball is not None:
+        c = box.lo.flatten(1)
+        sq = up((d * d).sum(dim=2) * inflate(2 * n))
+        rad = up(box.ball[:, None] * up(sq.sqrt()))
+        psi = up(up(c.abs() @ w.abs().T * k) + up(box.ball[:, None] * head.row_norms().view(1, -1)))
+        err_term = None
+    else:
+        c, r = centre_radius(box.lo.flatten(1), box.hi.flatten(1))
+        err = None if box.err is None else box.err.flatten(1)
+        mag = up(c.abs() + r) if err is None else up(up(c.abs() + r) + err)
+        parts = torch.stack([r] + ([] if err is None else [err]), dim=2)  # (B, n, 1 or 2)
+        prod = up(torch.bmm(d.abs(), parts) * k)  # (B, K, 1 or 2)
+        rad = prod[..., 0]
+        err_term = None if err is None else prod[..., 1]
+        psi = up(mag @ w.abs().T * k)
+    psi = up(psi + bias.abs()[None, :])
+    pair = up(psi.gather(1, y[:, None]) + psi)  # (B, K): psi_y + psi_j
+    mid = torch.einsum("bkn,bn->bk", d, c) + (bias[y][:, None] - bias[None, :])
+    exact = down(mid - up(rad + up(pair * scalar_up(gamma(n + 4) + 2 * U64))))
+    pen = torch.zeros_like(exact)
+    if exe is not None:
+        pen = up(up(pair * head.exec_rel(exe)) + 2 * head.exec_abs(exe))
+        if err_term is not None:
+            pen = up(pen + err_term)
+    return exact, pen
+
+
+def margin_bounds(ops, x64, y, eps, norm: Norm, exe: Execution | None):
+    """Lower bound of the exact margin ``z_y - z_j`` over the ball and the bound of its executed
+    float error, each of shape (B, K); column y is +inf and 0.
+
+    The executed margin of every input of the ball (in the model's dtype) is at least
+    ``exact - pen``. ``exe`` None: the exact network only (pen 0).
+    """
+    head = ops[-1] if isinstance(ops[-1], AffineMap) and ops[-1].kind == "linear" else None
+    box = _propagate(ops[:-1] if head is not None else ops, x64, eps, norm, exe)
+    if head is not None:
+        exact, pen = _linear_head(head, box, y, exe)
+    else:
+        box = box.as_box()
+        lo, hi = box.lo.flatten(1), box.hi.flatten(1)
+        exact = down(lo.gather(1, y[:, None]) - hi)
+        pen = torch.zeros_like(exact)
+        if box.err is not None:
+            err = box.err.flatten(1)
+            pen = up(err.gather(1, y[:, None]) + err)
+    col = y[:, None]
+    exact = exact.scatter(1, col, float("inf"))
+    return exact, pen.scatter(1, col, 0.0)
+
+
+def certified_margin(ops, x64, y, eps, norm, exe) -> torch.Tensor:
+    """``min_j (exact_j - pen_j)`` rounded down, shape (B,): the input is certified when > 0."""
+    exact, pen = margin_bounds(ops, x64, y, eps, norm, exe)
+    return down(exact - pen).min(dim=1).values
 
 
 def interval_bounds(model, x, eps, norm: Norm | str = "linf") -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,71 +228,42 @@ def interval_bounds(model, x, eps, norm: Norm | str = "linf") -> tuple[torch.Ten
 
     Returns
     -------
-    (lower, upper): float64 tensors of shape (B, K) on the model's device; every logit of every
-    point of the ball lies between them.
+    (lower, upper): float64 tensors of shape (B, K) on the model's device. Every logit of every
+    point of the ball lies between them, both for the exact network and for the model's forward
+    pass in its own dtype on inputs given in that dtype.
     """
     what = "interval_bounds"
     nrm = as_norm(norm)
     sequential_layers(model, what)
     model, dev = place(model, None)
     xt = as_batch(x, what=what, device=dev, dtype=torch.float64)
-    layers = sequential_layers(model, what)
-    e = _eps_tensor(eps, xt.shape[0], dev, what)
+    ops = linear_maps(sequential_layers(model, what), tuple(xt.shape[1:]), dev)
+    e = eps_tensor(eps, xt.shape[0], dev, what)
+    exe = execution_for(model_dtype(model), dev)
     with torch.inference_mode():
-        state = _propagate(layers, xt, e, nrm)
-        r = state.box()
-        return state.centre - r, state.centre + r
-
-
-def _margin_lower(layers, x64: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Lower bound of min_{j != y} (z_y - z_j) over the ball, shape (B,).
-
-    When the model ends in a Linear (W, b), the differences are bounded through it directly:
-    (W_y - W_j) h + (b_y - b_j) over the box (or ball) of h, which is tighter than lower_y - upper_j.
-    """
-    body, last = split_last_linear(layers)
-    if last is None:
-        state = _propagate(layers, x64, eps, norm)
-        r = state.box()
-        lower, upper = state.centre - r, state.centre + r
-        margin = lower.gather(1, y[:, None]) - upper
-    else:
-        state = _propagate(body, x64, eps, norm)
-        w = last.weight.double()
-        b = (
-            last.bias.double()
-            if last.bias is not None
-            else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
-        )
-        diff_w = w[y][:, None, :] - w[None, :, :]  # (B, K, h)
-        diff_b = b[y][:, None] - b[None, :]  # (B, K)
-        centre = state.centre.flatten(1)
-        margin = torch.einsum("bkh,bh->bk", diff_w, centre) + diff_b
-        if state.radius is None:
-            margin = margin - eps[:, None] * diff_w.norm(dim=2)
-        else:
-            margin = margin - torch.einsum("bkh,bh->bk", diff_w.abs(), state.radius.flatten(1))
-    margin = margin.scatter(1, y[:, None], float("inf"))
-    return margin.min(dim=1).values
+        lo, hi = _propagate(ops, xt, e, nrm, exe).merged()
+        return lo.flatten(1), hi.flatten(1)
 
 
 def ibp_certify(
     model, x, eps: float | None = None, norm: Norm | str = "linf", *, seed=0, device=None
 ) -> CertificateBatch:
-    """Certify each input's predicted class with interval bounds.
+    """Certify each input's predicted class with interval bounds, for the model as executed.
 
-    The predicted class y is the model's argmax on x. An input is certified at eps when the lower
-    bound of z_y - z_j over the ball is positive for every j != y (margin form, see
-    ``_margin_lower``); otherwise it abstains (prediction -1, radius 0).
+    The predicted class y is the model's argmax on x (in its dtype). An input is certified at eps
+    when, for every j != y, the lower bound of the exact margin z_y - z_j over the ball exceeds
+    the bound of the forward pass's own float error (see the module docstring); otherwise it
+    abstains (prediction -1, radius 0).
 
     eps given: radius = eps for certified inputs. eps None: the radius is the largest eps found by
-    search at which the input is certified: doubling/halving from 2^-6 to bracket it, then
-    bisection until hi - lo <= SEARCH_RTOL * hi; the radius is the largest eps actually verified,
-    rounded down, so it never exceeds what IBP certifies (IBP bounds grow with eps).
+    search at which the input is certified (``search.largest_certified``): doubling/halving from
+    2^-6 to bracket it, then bisection until hi - lo <= SEARCH_RTOL * hi; the radius is the largest
+    eps verified, rounded down.
 
     x : tensor or array of shape (B, *input_shape). ``seed`` is recorded only (IBP is deterministic).
-    Returns a CertificateBatch with ``alpha`` 0 (deterministic), ``p_lower`` NaN, ``n_used`` 0 and
-    ``n_forward`` the bound propagations spent per input (1 with eps given), plus one plain forward.
+    Returns a CertificateBatch with ``alpha`` 0, ``p_lower`` NaN, ``n_used`` 0, ``n_forward`` the
+    bound propagations spent per input plus one plain forward, and ``extra["execution"]`` naming
+    the execution the guarantee covers.
     """
     what = "ibp_certify"
     nrm = as_norm(norm)
@@ -213,18 +272,27 @@ def ibp_certify(
     if eps is not None:
         check_positive(eps, "eps", what)
     run = DeterministicRun.begin(model, x, seed=seed, device=device, what=what)
-    model, dev, layers, xt = run.model, run.device, run.layers, run.x
+    xt = run.x
+    ops = linear_maps(run.layers, tuple(xt.shape[1:]), run.device)
+    exe = execution_for(run.dtype, run.device)
     b = xt.shape[0]
     with torch.inference_mode():
-        y = model(xt).argmax(1)
+        y = run.model(xt).argmax(1)
         x64 = xt.double()
+
+        def certified(idx: np.ndarray, trial: np.ndarray) -> np.ndarray:
+            sel = torch.as_tensor(idx, device=run.device)
+            e = torch.as_tensor(trial, dtype=torch.float64, device=run.device)
+            ok = (certified_margin(ops, x64[sel], y[sel], e, nrm, exe) > 0).cpu().numpy()
+            return np.where(ok, trial, 0.0)
+
         if eps is not None:
-            e = torch.full((b,), float(eps), dtype=torch.float64, device=dev)
-            ok = (_margin_lower(layers, x64, y, e, nrm) > 0).cpu().numpy()
-            radius = np.where(ok, round_down(np.full(b, float(eps))), 0.0)
+            radius = certified(np.arange(b), np.full(b, float(eps)))
+            ok = radius > 0
+            radius = np.where(ok, round_down(radius), 0.0)
             spent = np.ones(b, dtype=np.int64)
         else:
-            radius, spent = _search(layers, x64, y, nrm)
+            radius, spent = largest_certified(certified, b)
             ok = radius > 0
     return run.finish(
         method=Method.IBP,
@@ -233,49 +301,20 @@ def ibp_certify(
         ok=ok,
         radius=radius,
         n_forward=spent + 1,
-        cpu_peak=_cpu_peak(x64, layers),
+        cpu_peak=cpu_peak(x64, ops, 4),
         eps=float(eps) if eps is not None else float("nan"),
-        extra={"search_rtol": SEARCH_RTOL} if eps is None else {},
+        extra={"execution": exe.covers, **({"search_rtol": SEARCH_RTOL} if eps is None else {})},
     )
 
 
-def _search(layers, x64: torch.Tensor, y: torch.Tensor, norm: Norm) -> tuple[np.ndarray, np.ndarray]:
-    b = x64.shape[0]
-    lo = np.zeros(b)
-    hi = np.full(b, np.inf)
-    trial = np.full(b, SEARCH_START_EPS)
-    spent = np.zeros(b, dtype=np.int64)
-    open_ = np.ones(b, dtype=bool)
-    dev = x64.device
-    for _ in range(200):
-        idx = np.flatnonzero(open_)
-        if idx.size == 0:
-            break
-        sel = torch.as_tensor(idx, device=dev)
-        e = torch.as_tensor(trial[idx], dtype=torch.float64, device=dev)
-        ok = (_margin_lower(layers, x64[sel], y[sel], e, norm) > 0).cpu().numpy()
-        spent[idx] += 1
-        lo[idx] = np.where(ok, trial[idx], lo[idx])
-        hi[idx] = np.where(ok, hi[idx], trial[idx])
-        bracketed = (lo > 0) & np.isfinite(hi)
-        done = bracketed & (hi - lo <= SEARCH_RTOL * hi)
-        give_up = (lo == 0) & (hi < SEARCH_MIN_EPS)
-        too_big = np.isinf(hi) & (lo > 2.0**40)
-        open_ &= ~(done | give_up | too_big)
-        trial = np.where(np.isinf(hi), lo * 2.0, np.where(lo == 0, hi / 2.0, (lo + hi) / 2.0))
-    return round_down(lo), spent
-
-
-def _cpu_peak(x64: torch.Tensor, layers) -> tuple[int, str]:
-    dev = x64.device
-    params = sum(p.numel() for layer in layers for p in layer.parameters()) * 8
-    state = _State(x64[:1], torch.zeros_like(x64[:1]), torch.zeros(1, dtype=torch.float64, device=dev))
-    largest = state.centre.numel()
-    with torch.inference_mode():
-        for layer in layers:
-            state = _step(layer, state)
-            largest = max(largest, state.centre.numel())
-    # centre, radius and two temporaries of the widest layer, float64, for the whole batch
-    return int(
-        params + 4 * largest * x64.shape[0] * 8
-    ), "estimate (4 float64 tensors of the widest layer + weights)"
+def cpu_peak(x64: torch.Tensor, ops, copies: int) -> tuple[int, str]:
+    """Estimated peak bytes on CPU: ``copies`` float64 tensors of the widest layer for the batch,
+    plus the float64 weights."""
+    largest = x64[0].numel()
+    params = 0
+    for op in ops:
+        largest = max(largest, int(np.prod(getattr(op, "out_shape", (1,)))))
+        w = getattr(op, "weight", None)
+        params += 0 if w is None else w.numel()
+    est = int(params * 8 + copies * largest * x64.shape[0] * 8)
+    return est, f"estimate ({copies} float64 tensors of the widest layer + weights)"

@@ -1,84 +1,68 @@
-"""A sound upper bound on the l2 Lipschitz constant of a network's logits, and margin certificates.
+"""A verified upper bound on the l2 Lipschitz constant of a network's logits, and margin
+certificates that hold for the model as executed.
 
 The network's constant is bounded by the product of per-layer l2 operator-norm bounds (ReLU,
-Flatten, Identity and eval-mode Dropout are 1-Lipschitz):
+Flatten, Identity and eval-mode Dropout are 1-Lipschitz), each proved, never estimated
+(``spectral``; power iteration converges from below and an SVD only estimates):
 
-- Linear: the exact spectral norm (float64 SVD).
-- Conv2d (zero padding, any stride, dilation, groups): a zero-padded convolution of an n x n
-  input is a crop of a circular convolution on a grid large enough to avoid wrap-around, whose
-  operator norm is ``max_w ||K^(w)||_2`` over the grid's frequencies w, where
-  ``K^(w) = sum_ab K[:, :, a, b] e^{-i w.(a, b)}`` (Sedghi et al. 2019); striding subsamples the
-  output. So ``sup_w ||K^(w)||_2`` over the whole torus bounds every input size. It is evaluated on
-  a G x G grid (``FREQ_GRID``) and made sound for the points between grid frequencies by the
-  perturbation bound ``||K^(w) - K^(w_g)||_2 <= sum_ab ||K_ab||_2 (|a'| + |b'|) pi / G`` (centred
-  offsets a', b'), which is added to the grid maximum. Power iteration is not used: it converges
-  from below.
+- Linear: the spectral norm, verified by a Cholesky certificate above the SVD estimate.
+- Conv2d (zero padding, any stride, dilation, groups): the supremum over the torus of the
+  per-frequency matrix norms, on a ``FREQ_GRID`` x ``FREQ_GRID`` grid plus the bound of the
+  variation between grid points (``spectral.conv_norm_bound``).
 - AvgPool2d: Schur's test, ``sqrt(max column sum * max row sum)`` of the averaging matrix.
 - MaxPool2d: ``sqrt(c)`` where c bounds the number of windows holding one input.
-- BatchNorm (eval): ``max |gamma / sqrt(var + eps)|``.
+- BatchNorm (eval): ``max |gamma / sqrt(var + eps)|``, rounded outward.
 
-Every factor is inflated by a relative 1e-9 against float error. Constants are cached by a hash of
-the layers' types, settings and weights, in memory and under ``cache_dir()/lipschitz``.
+Products and closed forms are rounded up. Nothing here reads or writes files: constants are
+memoised through an injected cache (``get_or_compute(kind, key, compute)``, e.g. the operators'
+ArtifactCache), by default an in-memory dict, keyed by ``ALGORITHM``, ``FREQ_GRID`` and a sha256
+of every layer's type, settings, weights and buffers.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import math
-import os
-import tempfile
-import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from certrisk.risk.certify.batch import CertificateBatch, DeterministicRun
-from certrisk.risk.certify.network import sequential_layers, split_last_linear
+from certrisk.risk.certify.bounds import cpu_peak, margin_bounds
+from certrisk.risk.certify.linear_maps import AffineMap, linear_maps
+from certrisk.risk.certify.network import sequential_layers
+from certrisk.risk.certify.rounding import U64, down, execution_for, inflate, scalar_up, up
+from certrisk.risk.certify.spectral import conv_norm_bound, matrix_norm_bound
 from certrisk.risk.certify.stats import round_down
 from certrisk.schemas.enums import Method, Norm
-from certrisk.schemas.settings import cache_dir
+from certrisk.schemas.errors import InputError
 
 FREQ_GRID = 128
-_INFLATE = 1.0 + 1e-9
-_memory_cache: dict[str, list[float]] = {}
+#: Version of the constants' algorithm; part of every cache key (bump it when the math changes).
+ALGORITHM = "lipschitz-layer-constants/2 (Cholesky-verified spectral norms, Fourier grid + spread)"
+CACHE_KIND = "lipschitz"
+
+
+class MemoryCache:
+    """The default constant cache: a dict in memory, keyed by the canonical form of the key."""
+
+    def __init__(self):
+        self._values: dict[str, np.ndarray] = {}
+
+    def get_or_compute(self, kind: str, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        name = kind + ":" + repr(sorted(key.items()))
+        if name not in self._values:
+            self._values[name] = np.array(compute(), dtype=np.float64)
+        return self._values[name].copy()
+
+
+_DEFAULT_CACHE = MemoryCache()
 
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def conv_norm_bound(weight: torch.Tensor, groups: int = 1, dilation=(1, 1), grid: int = FREQ_GRID) -> float:
-    """Upper bound on the l2 operator norm of a 2-d convolution with this kernel, any input size.
-
-    weight : tensor of shape (c_out, c_in / groups, kh, kw). See the module docstring.
-    """
-    w = weight.detach().to("cpu", torch.float64)
-    c_out, c_in_g, kh, kw = w.shape
-    if groups > 1:
-        full = torch.zeros(c_out, c_in_g * groups, kh, kw, dtype=torch.float64)
-        per = c_out // groups
-        for g in range(groups):
-            full[g * per : (g + 1) * per, g * c_in_g : (g + 1) * c_in_g] = w[g * per : (g + 1) * per]
-        w = full
-    dh, dw = _pair(dilation)
-    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    size = max(
-        grid * max(dh, dw), eh, ew
-    )  # finer grid for dilated kernels: the spread term grows with offsets
-    padded = torch.zeros(w.shape[0], w.shape[1], size, size, dtype=torch.float64)
-    padded[:, :, 0:eh:dh, 0:ew:dw] = w
-    spectrum = torch.fft.fft2(padded)  # (c_out, c_in, G, G)
-    mats = spectrum.permute(2, 3, 0, 1)  # (G, G, c_out, c_in)
-    grid_max = float(torch.linalg.matrix_norm(mats, ord=2).max())
-    taps = torch.linalg.matrix_norm(w.permute(2, 3, 0, 1), ord=2)  # (kh, kw)
-    a = (torch.arange(kh, dtype=torch.float64) * dh - (kh - 1) * dh / 2).abs()
-    b = (torch.arange(kw, dtype=torch.float64) * dw - (kw - 1) * dw / 2).abs()
-    spread = float((taps * (a[:, None] + b[None, :])).sum()) * math.pi / size
-    # Never worse than the triangle inequality bound sum_ab ||K_ab||_2.
-    return min(grid_max + spread, float(taps.sum())) * _INFLATE
 
 
 def _pool_count(kernel, stride, dilation) -> int:
@@ -90,35 +74,42 @@ def _pool_count(kernel, stride, dilation) -> int:
     return ch * cw
 
 
+def _avgpool_constant(layer: nn.AvgPool2d) -> float:
+    kh, kw = _pair(layer.kernel_size)
+    count = _pool_count(layer.kernel_size, layer.stride, 1)
+    if layer.divisor_override:
+        weight = 1.0 / layer.divisor_override
+    elif (_pair(layer.padding) == (0, 0) or layer.count_include_pad) and not layer.ceil_mode:
+        weight = 1.0 / (kh * kw)
+    else:
+        weight = 1.0
+    return scalar_up(math.sqrt(scalar_up(count * weight * weight * kh * kw)))
+
+
+def _batchnorm_constant(layer: nn.Module) -> float:
+    var = layer.running_var.detach().to("cpu", torch.float64)
+    scale = down(down(var + float(layer.eps)).sqrt())
+    num = (
+        torch.ones_like(var) if layer.weight is None else layer.weight.detach().to("cpu", torch.float64).abs()
+    )
+    return float(up(num / scale).max())
+
+
 def layer_constant(layer: nn.Module) -> float:
-    """Upper bound on one layer's l2 Lipschitz constant (see the module docstring)."""
+    """Verified upper bound on one layer's l2 Lipschitz constant (see the module docstring)."""
     if isinstance(layer, (nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout)):
         return 1.0
     if isinstance(layer, nn.Linear):
-        return (
-            float(torch.linalg.matrix_norm(layer.weight.detach().to("cpu", torch.float64), ord=2)) * _INFLATE
-        )
+        return matrix_norm_bound(layer.weight.detach().to("cpu", torch.float64))
     if isinstance(layer, nn.Conv2d):
-        return conv_norm_bound(layer.weight, layer.groups, layer.dilation)
+        return conv_norm_bound(layer.weight, layer.groups, layer.dilation, FREQ_GRID)
     if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        scale = (layer.running_var.detach().double() + layer.eps).rsqrt()
-        if layer.weight is not None:
-            scale = scale * layer.weight.detach().double()
-        return float(scale.abs().max()) * _INFLATE
+        return _batchnorm_constant(layer)
     if isinstance(layer, nn.AvgPool2d):
-        kh, kw = _pair(layer.kernel_size)
-        count = _pool_count(layer.kernel_size, layer.stride, 1)
-        if layer.divisor_override:
-            weight = 1.0 / layer.divisor_override
-        elif (_pair(layer.padding) == (0, 0) or layer.count_include_pad) and not layer.ceil_mode:
-            weight = 1.0 / (kh * kw)
-        else:
-            weight = 1.0
-        row_sum = weight * kh * kw
-        return math.sqrt(count * weight * row_sum) * _INFLATE
+        return _avgpool_constant(layer)
     if isinstance(layer, nn.MaxPool2d):
-        return math.sqrt(_pool_count(layer.kernel_size, layer.stride, layer.dilation)) * _INFLATE
-    raise TypeError(f"no Lipschitz bound for {type(layer).__name__}")
+        return scalar_up(math.sqrt(_pool_count(layer.kernel_size, layer.stride, layer.dilation)))
+    raise InputError(f"no Lipschitz bound for {type(layer).__name__}")
 
 
 def model_hash(layers) -> str:
@@ -135,117 +126,115 @@ def model_hash(layers) -> str:
     return h.hexdigest()
 
 
-def _cache_path(key: str):
-    return cache_dir() / "lipschitz" / f"{key}.json"
+def cache_key(layers) -> dict:
+    """Everything the per-layer constants depend on: algorithm version, grid, layers and weights."""
+    return {
+        "algorithm": ALGORITHM,
+        "freq_grid": FREQ_GRID,
+        "layers": len(layers),
+        "weights_sha256": model_hash(layers),
+    }
 
 
-def layer_constants(model) -> list[float]:
-    """Per-layer Lipschitz bounds of an nn.Sequential model (cached by model hash)."""
+def layer_constants(model, cache=None) -> list[float]:
+    """Per-layer Lipschitz bounds of an nn.Sequential model, memoised in ``cache`` (see the
+    module docstring). A cached value that is not one finite non-negative number per layer
+    raises InputError naming the key."""
     layers = sequential_layers(model, "lipschitz_constant")
-    key = model_hash(layers)
-    if key in _memory_cache:
-        return list(_memory_cache[key])
-    path = _cache_path(key)
-    try:
-        consts = json.loads(path.read_text())["layer_constants"]
-        if len(consts) == len(layers):
-            _memory_cache[key] = consts
-            return list(consts)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    consts = [layer_constant(layer) for layer in layers]
-    _memory_cache[key] = consts
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"model_hash": key, "layer_constants": consts, "freq_grid": FREQ_GRID}, fh)
-        os.replace(tmp, path)
-    except OSError as exc:
-        warnings.warn(f"lipschitz cache not written to {path}: {exc}", stacklevel=2)
-    return list(consts)
+    key = cache_key(layers)
+    store = _DEFAULT_CACHE if cache is None else cache
+    values = np.asarray(
+        store.get_or_compute(CACHE_KIND, key, lambda: np.array([layer_constant(layer) for layer in layers]))
+    )
+    if values.shape != (len(layers),) or not np.isfinite(values).all() or (values < 0).any():
+        raise InputError(
+            f"lipschitz cache entry {key['weights_sha256']} ({key['algorithm']}) holds {values.shape} values, "
+            f"expected {len(layers)} finite non-negative layer constants"
+        )
+    return [float(v) for v in values]
 
 
 def _product(values) -> float:
     out = 1.0
     for v in values:
-        out *= v
-    return out * _INFLATE
+        out = scalar_up(out * v)
+    return out
 
 
-def lipschitz_constant(model) -> float:
-    """Sound upper bound on the l2 Lipschitz constant of the logits: ``||f(x) - f(x')||_2 <= L ||x - x'||_2``.
+def lipschitz_constant(model, cache=None) -> float:
+    """Verified upper bound on the l2 Lipschitz constant of the logits of the exact network:
+    ``||f(x) - f(x')||_2 <= L ||x - x'||_2``.
 
     model : nn.Sequential of the layers listed in the module docstring (InputError naming any
-    other). Cached by a hash of the layers and weights.
+    other). cache : see ``layer_constants``.
     """
-    return _product(layer_constants(model))
+    return _product(layer_constants(model, cache))
 
 
-def lipschitz_certify(model, x, *, seed=0, device=None) -> CertificateBatch:
+def _scales(ops, consts, n_body: int, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Upper bounds of the Lipschitz constant of each margin ``z_y - z_j``, shape (B, K)."""
+    head = ops[-1] if isinstance(ops[-1], AffineMap) and ops[-1].kind == "linear" else None
+    if head is None:
+        full = scalar_up(math.sqrt(2.0) * scalar_up(_product(consts)))
+        return torch.full((y.shape[0], k), full, dtype=torch.float64, device=y.device)
+    w = head.weight
+    d = w[y][:, None, :] - w[None, :, :]
+    norms = up(up((d * d).sum(dim=2) * inflate(2 * w.shape[1])).sqrt())
+    return up(norms * scalar_up(_product(consts[:n_body]) * (1.0 + 4 * U64)))
+
+
+def _radius(exact: torch.Tensor, pen: torch.Tensor, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    num = down(exact - pen).clamp_min(0)
+    ratio = torch.where(scale > 0, down(num / scale), torch.full_like(num, float("inf")))
+    return ratio.scatter(1, y[:, None], float("inf")).min(dim=1).values
+
+
+def lipschitz_certify(model, x, *, seed=0, device=None, cache=None) -> CertificateBatch:
     """Certify each input's predicted class y with the global Lipschitz bound, l2 radius.
 
     When the model ends in a Linear layer (W, b) after a body with Lipschitz bound L_body, the
-    margin ``m_j(x) = (W_y - W_j) h(x) + b_y - b_j`` is ``||W_y - W_j||_2 L_body``-Lipschitz, so
-    no class change exists within ``min_j m_j(x) / (||W_y - W_j||_2 L_body)``; otherwise the bound
-    ``sqrt(2) L`` on the logit differences is used. Margins are computed in float64 from float64
-    copies of the layers, and the radius is rounded down, so it never exceeds the distance to the
-    decision boundary. For a single Linear layer it is the exact distance to the nearest pairwise
-    boundary (for two classes: the exact distance to the boundary).
+    exact margin ``m_j(x) = (W_y - W_j) h(x) + b_y - b_j`` is ``||W_y - W_j||_2 L_body``-Lipschitz;
+    otherwise ``sqrt(2) L`` bounds the logit differences. The radius is
+    ``min_j (m_j_lower(x) - e_j) / L_j`` rounded down, where ``m_j_lower`` is a rigorous float64
+    lower bound of the exact margin at x and ``e_j`` bounds the float error of the model's own
+    forward pass over the ball (computed over a first, larger radius that contains it), so the
+    executed argmax is constant over the ball. For a single Linear layer the radius is the exact
+    distance to the nearest pairwise boundary less the forward error.
 
-    x : tensor or array of shape (B, *input_shape). Returns a CertificateBatch with ``alpha`` 0,
-    ``p_lower`` NaN, ``n_used`` 0, ``n_forward`` 1 (one float64 forward pass per input); inputs
-    with no positive margin abstain.
+    x : tensor or array of shape (B, *input_shape). cache : see ``layer_constants``. Returns a
+    CertificateBatch with ``alpha`` 0, ``p_lower`` NaN, ``n_used`` 0, ``n_forward`` 2 (two float64
+    bound propagations per input); inputs with no room above the forward error abstain;
+    ``extra`` holds ``lipschitz_constant`` and ``execution``.
     """
     what = "lipschitz_certify"
     run = DeterministicRun.begin(model, x, seed=seed, device=device, what=what)
-    model, dev, layers, xt = run.model, run.device, run.layers, run.x
-    bsz = xt.shape[0]
-    consts = layer_constants(model)
-    body, last = split_last_linear(layers)
+    xt, dev = run.x, run.device
+    consts = layer_constants(model, cache)
+    n_body = len(run.layers) - 1
+    while n_body >= 0 and isinstance(run.layers[n_body], (nn.Identity, nn.Dropout)):
+        n_body -= 1
+    ops = linear_maps(run.layers, tuple(xt.shape[1:]), dev)
+    exe = execution_for(run.dtype, dev)
+    b = xt.shape[0]
     with torch.inference_mode():
-        y = model(xt).argmax(1)
-        h = xt.double()
-        width = h[0].numel()
-        for layer in body if last is not None else layers:
-            h = _float64_layer(layer)(h)
-            width = max(width, h[0].numel())
-        if last is not None:
-            w = last.weight.detach().double()
-            b = (
-                last.bias.detach().double()
-                if last.bias is not None
-                else torch.zeros(w.shape[0], dtype=torch.float64, device=dev)
-            )
-            logits = torch.nn.functional.linear(h.flatten(1), w, b)
-            diff_norm = (w[y][:, None, :] - w[None, :, :]).norm(dim=2)  # (B, K)
-            scale = diff_norm * _product(consts[: len(body)])
-        else:
-            logits = h
-            scale = torch.full_like(logits, math.sqrt(2.0) * _product(consts))
-        margin = logits.gather(1, y[:, None]) - logits
-        ratio = torch.where(scale > 0, margin / scale, torch.full_like(margin, float("inf")))
-        ratio = ratio.scatter(1, y[:, None], float("inf"))
-        radius = round_down(ratio.min(dim=1).values.cpu().numpy())
+        y = run.model(xt).argmax(1)
+        x64 = xt.double()
+        zero = torch.zeros(b, dtype=torch.float64, device=dev)
+        exact, pen = margin_bounds(ops, x64, y, zero, Norm.L2, exe)
+        scale = _scales(ops, consts, n_body, y, exact.shape[1])
+        first = _radius(exact, pen, scale, y)
+        first = torch.where(torch.isfinite(first), first, torch.zeros_like(first))
+        _, pen_ball = margin_bounds(ops, x64, y, first, Norm.L2, exe)
+        radius = torch.minimum(_radius(exact, pen_ball, scale, y), first).cpu().numpy()
+    radius = round_down(radius)
     ok = np.isfinite(radius) & (radius > 0)
-    params = sum(p.numel() for layer in layers for p in layer.parameters()) * 8
     return run.finish(
         method=Method.LIPSCHITZ,
         norm=Norm.L2,
         y=y.cpu().numpy(),
         ok=ok,
-        radius=radius,
-        n_forward=np.ones(bsz, dtype=np.int64),
-        cpu_peak=(
-            int(params + 3 * width * bsz * 8),
-            "estimate (3 float64 activations of the widest layer + weights)",
-        ),
-        extra={"lipschitz_constant": _product(consts)},
+        radius=np.where(ok, radius, 0.0),
+        n_forward=np.full(b, 2, dtype=np.int64),
+        cpu_peak=cpu_peak(x64, ops, 4),
+        extra={"lipschitz_constant": _product(consts), "execution": exe.covers},
     )
-
-
-def _float64_layer(layer: nn.Module) -> nn.Module:
-    """A float64 copy of a layer (the model itself is left untouched)."""
-    if not any(True for _ in layer.parameters()) and not any(True for _ in layer.buffers()):
-        return layer
-    return copy.deepcopy(layer).double()

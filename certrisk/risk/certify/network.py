@@ -1,4 +1,4 @@
-"""The layer list that interval and Lipschitz bounds walk through."""
+"""The layer list that the interval, CROWN and Lipschitz bounds walk through."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from torch import nn
 
 from certrisk.schemas.errors import InputError
 
-#: Layers both bound methods understand (BatchNorm in eval mode only).
+#: Layers the bound methods understand (BatchNorm in eval mode only; CROWN: no MaxPool2d).
 SUPPORTED = (
     nn.Linear,
     nn.Conv2d,
@@ -65,14 +65,3 @@ def sequential_layers(model, what: str) -> list[nn.Module]:
     if not any(isinstance(layer, (nn.Linear, nn.Conv2d)) for layer in layers):
         raise InputError(f"{what}: the model has no Linear or Conv2d layer")
     return layers
-
-
-def split_last_linear(layers: list[nn.Module]) -> tuple[list[nn.Module], nn.Linear | None]:
-    """(layers before the last Linear, that Linear) when the model ends in a Linear (trailing
-    Identity/Dropout ignored); (layers, None) otherwise."""
-    end = len(layers)
-    while end and isinstance(layers[end - 1], (nn.Identity, nn.Dropout)):
-        end -= 1
-    if end and isinstance(layers[end - 1], nn.Linear):
-        return layers[: end - 1], layers[end - 1]
-    return layers, None
