@@ -4,17 +4,20 @@
 figures: each method's norm and parameters (sigma, alpha, n), the largest radius those
 parameters can certify translated to l1, l2 and linf, the threats outside the certificates, and
 how the risk score uses them. The radius translation is ``certrisk.risk.certify.translate_radius``
-(imported when called: the certify package loads torch).
+(imported when called: the certify package loads torch). The section on the risk score also
+states the signals that do not trust the certificate and the tier thresholds' calibration with
+its finite-sample guarantee, and where that guarantee cannot hold.
 """
 
 from __future__ import annotations
 
 import math
 
+from certrisk.risk.calibration import TierCalibration
 from certrisk.risk.score import abstention_alone, certified_ceiling
-from certrisk.schemas.enums import Norm
+from certrisk.schemas.enums import Method, Norm, Tier
 from certrisk.schemas.errors import InputError
-from certrisk.schemas.policy import IBPSpec, LipschitzSpec, Policy, SmoothingSpec
+from certrisk.schemas.policy import CROWNSpec, IBPSpec, LipschitzSpec, Policy, SmoothingSpec
 
 _NORMS = (Norm.L1, Norm.L2, Norm.LINF)
 
@@ -70,30 +73,65 @@ def _smoothing_paragraph(spec: SmoothingSpec, dim: int) -> str:
     )
 
 
-def _ibp_paragraph(spec: IBPSpec, dim: int) -> str:
-    eps = (
-        f"a fixed eps = {spec.eps}"
-        if spec.eps is not None
+_EXECUTION = (
+    "It covers the dtype and device class each certificate records (any summation order; on "
+    "accelerators float32 matmul and convolution inputs possibly rounded to TF32) and assumes "
+    "convolutions run as dot products (direct or GEMM-based, not Winograd or FFT); it says nothing "
+    "about the model run in another dtype or on another kind of device, nor about inputs rounded into "
+    "the ball from outside it."
+)
+
+
+def _eps_words(eps: float | None) -> str:
+    return (
+        f"a fixed eps = {eps}"
+        if eps is not None
         else "the largest eps found by search (each sample's radius is recorded)"
     )
-    example = (
-        f" For eps = {spec.eps} in d = {dim} dimensions: {_translated(spec.eps, spec.norm, dim)}."
-        if spec.eps is not None
-        else ""
+
+
+def _eps_example(spec, dim: int) -> str:
+    if spec.eps is None:
+        return ""
+    return f" For eps = {spec.eps} in d = {dim} dimensions: {_translated(spec.eps, spec.norm, dim)}."
+
+
+def _ibp_paragraph(spec: IBPSpec, dim: int) -> str:
+    return (
+        f"**Interval bound propagation, norm {spec.norm.value}.** Certifies the model as executed at "
+        f"{_eps_words(spec.eps)}: bounds propagated in float64 with outward rounding, minus a rigorous bound "
+        "on the float error of the model's own forward pass, show that its predicted class (its argmax; a "
+        f"tie counts as a change) cannot change for any input given in the model's dtype inside the "
+        f"{spec.norm.value} ball. {_EXECUTION} Deterministic (no failure probability) but loose: many samples "
+        f"that no perturbation of that size can flip are still left uncertified.{_eps_example(spec, dim)}"
+    )
+
+
+def _crown_paragraph(spec: CROWNSpec, dim: int) -> str:
+    name = (
+        "CROWN-IBP (interval pre-activation bounds: cheaper, looser)"
+        if spec.method == Method.CROWN_IBP
+        else "CROWN"
     )
     return (
-        f"**Interval bound propagation, norm {spec.norm.value}.** Certifies the base model itself at "
-        f"{eps}: bounds propagated through the network show the predicted class cannot change within the "
-        f"{spec.norm.value} ball. The bound is deterministic (no failure probability) but loose: many "
-        f"samples that no perturbation of that size can flip are still left uncertified.{example}"
+        f"**{name} linear relaxation bounds, norm {spec.norm.value}.** Certifies the model as executed at "
+        f"{_eps_words(spec.eps)}: each ReLU is bounded above and below by lines and the margins by one linear "
+        "function of the input minimised over the ball, in float64 with outward rounding and with the "
+        "model's own float error accounted for at every layer; the larger of this bound and the interval "
+        f"bound is used, so it certifies at least what interval bound propagation does. {_EXECUTION} "
+        "Deterministic; tighter than intervals but still incomplete, and it costs several bound evaluations "
+        f"per input.{_eps_example(spec, dim)}"
     )
 
 
 def _lipschitz_paragraph(spec: LipschitzSpec, dim: int) -> str:
     return (
-        f"**Global Lipschitz bound, norm {spec.norm.value}.** The radius is the logit margin divided by "
-        "sqrt(2) times an upper bound on the network's l2 Lipschitz constant: deterministic, and usually "
-        "far below the distance to the nearest class change because the global constant is loose. "
+        f"**Global Lipschitz bound, norm {spec.norm.value}.** The radius is a rigorous lower bound of the "
+        "logit margin at the sample, less a bound on the float error of the model's own forward pass over "
+        "the ball, divided by an upper bound on the network's l2 Lipschitz constant whose per-layer norms "
+        "are proved, not estimated (spectral norms certified by a Cholesky factorisation, convolutions "
+        f"bounded over every frequency), rounded down. {_EXECUTION} Deterministic, and usually far below "
+        "the distance to the nearest class change because the global constant is loose. "
         f"In d = {dim} dimensions an l2 radius r covers r in l1 and r / sqrt(d) = "
         f"{_fmt(1 / math.sqrt(dim))} * r in linf."
     )
@@ -113,13 +151,57 @@ def _health_paragraph(policy: Policy) -> str:
     )
 
 
-def limitations(policy: Policy, *, dim: int | None = None) -> str:
+def _signals_paragraph(policy: Policy) -> str:
+    sg = policy.signals
+    w = policy.scoring.weights
+    return (
+        "**Signals that do not trust the certificate.** Because attacked inputs can be certified, each "
+        f"prediction is also compared with the labels of its {sg.k} nearest reference samples per class "
+        f"(weight {w['neighbours']:g} in input space, in the driving method's norm; weight "
+        f"{w['feature_neighbours']:g} on the model's penultimate representation"
+        + ("" if sg.features else ", switched off by the policy")
+        + "), on a scale calibrated on held-out reference samples. A sample whose prediction its reference "
+        "neighbours contradict carries risk even when certified; an unmodified sample the model "
+        "misclassifies looks the same and counts as a false alarm. An attacker who knows these signals can aim an "
+        "input at the reference samples of the target class and evade them: they raise the cost of an "
+        "attack, they do not bound it."
+    )
+
+
+def _calibration_paragraph(policy: Policy, calibration: TierCalibration | None) -> str:
+    spec = policy.scoring.calibration
+    if spec is None:
+        t = policy.scoring.thresholds
+        return (
+            f"**Tier thresholds.** This policy uses fixed thresholds (medium {t[Tier.MEDIUM]:g}, high "
+            f"{t[Tier.HIGH]:g}): no false-alarm rate is stated for them, and thresholds fixed for one model do "
+            "not transfer to another."
+        )
+    text = (
+        "**Calibrated tiers.** The medium and high thresholds are set by split-conformal calibration on "
+        "reference samples held out from everything else (the tier role), scored exactly like a batch. "
+        "Finite-sample guarantee: for batch samples exchangeable with the tier role (unmodified samples "
+        f"drawn like the reference), P(such a sample reaches tier high or above) <= {spec.false_alarm_rate:g} and P(medium or above) "
+        f"<= {spec.medium_rate:g}. The guarantee is marginal (over the draw of the calibration samples, not "
+        "for every batch), holds only for data like the reference set, and says nothing about attacked "
+        "inputs: how many attacks reach high is measured (certrisk evaluate), not guaranteed. The high "
+        "threshold never exceeds the risk of abstention alone, so where more reference samples abstain than "
+        "the target allows, the target cannot be met and the run records it."
+    )
+    if calibration is not None:
+        text += " This run: " + calibration.guarantee
+    return text
+
+
+def limitations(policy: Policy, *, dim: int | None = None, calibration: TierCalibration | None = None) -> str:
     """Markdown paragraphs: what the policy's certificates cover and what they do not.
 
     Parameters
     ----------
     policy : the model's Policy.
     dim : input dimension d used to translate radii across norms; default prod(input_shape).
+    calibration : the run's tier calibration, whose guarantee and limits are quoted; None states
+        the policy's calibration in general.
 
     Returns
     -------
@@ -136,10 +218,12 @@ def limitations(policy: Policy, *, dim: int | None = None) -> str:
             methods.append(_smoothing_paragraph(spec, d))
         elif isinstance(spec, IBPSpec):
             methods.append(_ibp_paragraph(spec, d))
+        elif isinstance(spec, CROWNSpec):
+            methods.append(_crown_paragraph(spec, d))
         else:
             methods.append(_lipschitz_paragraph(spec, d))
     norms = sorted({spec.norm.value for spec in policy.certification.methods})
-    abst_risk, abst_tier = abstention_alone(policy)
+    abst_risk, abst_tier = abstention_alone(policy, calibration)
     ceiling = certified_ceiling(policy)
     shape = "x".join(str(s) for s in policy.model.input_shape)
 
@@ -181,9 +265,12 @@ def limitations(policy: Policy, *, dim: int | None = None) -> str:
             f"Abstention is the signal that weighs most: under this policy a sample whose only factor is "
             f"abstention has risk {abst_risk:.3f}, tier {abst_tier.value}. A radius only ranks samples; a "
             f"certified sample whose only factors come from its certificate (radius rank, context, "
-            f"instability) reaches risk {ceiling:.3f} at most. Tier low means no factor of the score fired; it "
-            "is not evidence that the sample is benign."
+            f"instability) reaches risk {ceiling:.3f} at most. A failed rule of severity critical makes its "
+            "sample critical, one of severity warning at least medium. Tier low means the risk stayed at or "
+            "below the medium threshold; it is not evidence that the sample is benign."
         ),
+        _signals_paragraph(policy),
+        _calibration_paragraph(policy, calibration),
         _health_paragraph(policy),
     ]
     return "\n\n".join(sections) + "\n"

@@ -79,6 +79,8 @@ class Method(str, Enum):
     SMOOTHING = "smoothing"
     IBP = "ibp"
     LIPSCHITZ = "lipschitz"
+    CROWN = "crown"
+    CROWN_IBP = "crown-ibp"
 
     def __str__(self) -> str:
         return self.value

@@ -1,7 +1,8 @@
 """The policy: one YAML file per model, validated with unknown keys rejected.
 
 A policy names the model, the certification methods and their parameters, the rules, the drift
-tests and reference set, the scoring weights and tier thresholds, the model health floors, the
+tests and reference set, the scoring weights, tier thresholds and their calibration, the signals
+that do not trust the certificate, the model health floors, the
 alert tier and the organisation's risk tolerance statement. ``load_policy`` returns the validated model together
 with the file's sha256, which every run records.
 
@@ -78,6 +79,17 @@ class DataSpec(_Strict):
         default=None, description="Feature columns in model order; default: every other column."
     )
     categorical_features: tuple[str, ...] = ()
+    index: str | None = Field(
+        default=None,
+        description="Extra labelled samples (the reference's columns) for the signals' neighbour index, e.g. "
+        "the training set; the reference's signal, tier and evaluation roles must be held out from training.",
+    )
+
+
+#: Most noisy copies a smoothing certificate may draw per input (``n`` and ``n0``): 10^7 forward
+#: passes per sample already cost hours per batch on a GPU and tighten the bound by little (its
+#: width shrinks like 1/sqrt(n)); a larger number is a typo, not a setting.
+MAX_NOISE_SAMPLES = 10_000_000
 
 
 class SmoothingSpec(_Strict):
@@ -85,13 +97,21 @@ class SmoothingSpec(_Strict):
 
     method: Literal[Method.SMOOTHING] = Method.SMOOTHING
     norm: Literal[Norm.L2] = Norm.L2
-    sigma: float = Field(gt=0, description="Gaussian noise level; the model should be trained at it.")
-    n0: int = Field(default=100, ge=1, description="Selection samples (guess the top class).")
-    n: int = Field(default=10_000, ge=1, description="Estimation samples per input.")
+    sigma: float = Field(
+        gt=0,
+        allow_inf_nan=False,
+        description="Gaussian noise level (finite); the model should be trained at it.",
+    )
+    n0: int = Field(
+        default=100, ge=1, le=MAX_NOISE_SAMPLES, description="Selection samples (guess the top class)."
+    )
+    n: int = Field(
+        default=10_000, ge=1, le=MAX_NOISE_SAMPLES, description="Estimation samples per input (at most 10^7)."
+    )
     alpha: float = Field(default=0.001, gt=0, lt=1, description="Failure probability of the bound.")
     batch_size: int | None = Field(default=None, ge=1, description="Noisy copies per forward pass.")
     mode: Literal["fixed", "sequential"] = "fixed"
-    target_radius: float | None = Field(default=None, gt=0)
+    target_radius: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class IBPSpec(_Strict):
@@ -99,7 +119,27 @@ class IBPSpec(_Strict):
 
     method: Literal[Method.IBP] = Method.IBP
     norm: Norm = Norm.LINF
-    eps: float | None = Field(default=None, gt=0)
+    eps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+class CROWNSpec(_Strict):
+    """CROWN linear-relaxation bounds (Zhang et al. 2018): tighter than intervals, several bound
+    evaluations per input. ``crown-ibp`` takes interval pre-activation bounds (cheaper, looser).
+    eps None searches the largest certified eps."""
+
+    method: Literal[Method.CROWN, Method.CROWN_IBP] = Method.CROWN
+    norm: Norm = Norm.LINF
+    eps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    intermediate: Literal["crown", "ibp"] | None = Field(
+        default=None, description="Pre-activation bounds; default: crown for method crown, ibp for crown-ibp."
+    )
+
+    @field_validator("norm")
+    @classmethod
+    def _ball_norm(cls, value: Norm) -> Norm:
+        if value not in (Norm.LINF, Norm.L2):
+            raise ValueError("crown certifies linf or l2 balls")
+        return value
 
 
 class LipschitzSpec(_Strict):
@@ -109,7 +149,7 @@ class LipschitzSpec(_Strict):
     norm: Literal[Norm.L2] = Norm.L2
 
 
-MethodSpec = Annotated[SmoothingSpec | IBPSpec | LipschitzSpec, Field(discriminator="method")]
+MethodSpec = Annotated[SmoothingSpec | IBPSpec | CROWNSpec | LipschitzSpec, Field(discriminator="method")]
 
 
 class CertificationSpec(_Strict):
@@ -218,6 +258,45 @@ class HealthSpec(_Strict):
     )
 
 
+class SignalsSpec(_Strict):
+    """Signals that do not trust the certificate: does the prediction agree with the reference?
+
+    The labels of each sample's k nearest index samples (reference role ``index`` plus
+    ``data.index``) against its prediction, in input space and on the model's penultimate
+    representation, on a tail scale calibrated on the held-out ``signal`` role (factors
+    ``neighbours`` and ``feature_neighbours`` of ``certrisk.schemas.factors``)."""
+
+    k: int = Field(default=5, ge=1, description="Nearest index samples per class the disagreement averages.")
+    tail: float = Field(default=0.2, gt=0, le=1, description="Share of clean samples with a factor above 0.")
+    features: bool = Field(default=True, description="Also measure it on the penultimate representation.")
+
+
+class CalibrationSpec(_Strict):
+    """Tier thresholds set by split-conformal calibration on the reference's ``tier`` role.
+
+    The tier role's clean samples are scored exactly like a batch (the same factors against the
+    same index). ``high`` is their ``ceil((n + 1)(1 - false_alarm_rate))``-th smallest risk and a
+    sample is at high or above when its risk exceeds it (strictly); ``medium`` likewise at
+    ``medium_rate``. Under exchangeability of clean batch samples with the tier role, P(a clean
+    sample is at tier >= high) <= false_alarm_rate (marginal over the calibration draw; nothing
+    about attacked inputs). The high threshold never exceeds the abstention floor (the risk of
+    abstention alone, which so still reaches high); where the conformal threshold is at or above
+    it, the floor is used and the summary records ``feasible: false``. A tier role too small for
+    a rate (under 1 / rate - 1 samples) keeps that tier's fixed threshold; critical keeps its own.
+    """
+
+    false_alarm_rate: float = Field(default=0.05, gt=0, lt=1, description="Clean share at high or above.")
+    medium_rate: float = Field(default=0.2, gt=0, lt=1, description="Clean share at medium or above.")
+
+    @model_validator(mode="after")
+    def _medium_above_high(self) -> CalibrationSpec:
+        if not self.medium_rate > self.false_alarm_rate:
+            raise ValueError(
+                f"medium_rate ({self.medium_rate}) must exceed false_alarm_rate ({self.false_alarm_rate})"
+            )
+        return self
+
+
 #: Default factor weights, from certrisk.schemas.factors (see ScoringSpec for why these values).
 DEFAULT_WEIGHTS = dict(factors.DEFAULT_WEIGHTS)
 
@@ -244,8 +323,13 @@ class ScoringSpec(_Strict):
       disagreement, failed rules or novelty lift a sample to high;
     * method disagreement (two certificates of one sample certify different classes) weighs like
       abstention, 0.6, so it alone reaches tier high too: contradicting certificates are no more
-      to be relied on than none. It is its own factor, not abstention, so that the batch
-      abstention test counts the same event in the batch as in the reference rate.
+      to be relied on than none (its own factor, so the batch abstention test counts one event);
+      reference-neighbour disagreement (``neighbours``) weighs 0.6 for the same reason.
+
+    ``calibration`` (CalibrationSpec, on by default; ``null``: the fixed thresholds, as
+    ``risk >= threshold``) replaces the medium and high thresholds. Rule severities are tier
+    floors (``certrisk.schemas.factors.SEVERITY_TIER_FLOOR``): a failed row-level rule of
+    severity critical makes its sample critical, one of severity warning at least medium.
 
     ``weights`` may name a subset of the factors: the others keep their default weight (set a
     weight to 0 to switch a factor off). ``high_share``: a batch whose share of samples at tier
@@ -264,6 +348,10 @@ class ScoringSpec(_Strict):
     abstention_p: float = Field(default=0.01, gt=0, lt=1, description="Batch abstention test level.")
     high_share: float = Field(
         default=0.2, gt=0, le=1, description="Share of high+ samples that makes the batch high."
+    )
+    calibration: CalibrationSpec | None = Field(
+        default_factory=CalibrationSpec,
+        description="Split-conformal tier thresholds on the reference's tier role; null: fixed thresholds.",
     )
 
     @field_validator("weights")
@@ -299,6 +387,7 @@ class Policy(_Strict):
     rules: RulesSpec = Field(default_factory=RulesSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     scoring: ScoringSpec = Field(default_factory=ScoringSpec)
+    signals: SignalsSpec = Field(default_factory=SignalsSpec)
     health: HealthSpec = Field(default_factory=HealthSpec)
     alert_tier: Tier = Tier.HIGH
     risk_tolerance: str = Field(
@@ -330,11 +419,22 @@ class LoadedPolicy(BaseModel):
     def reference_path(self) -> Path:
         return self.resolve(self.policy.data.reference)
 
+    @property
+    def index_path(self) -> Path | None:
+        """The extra neighbour index (``data.index``), resolved; None when the policy names none."""
+        return None if self.policy.data.index is None else self.resolve(self.policy.data.index)
+
 
 def _format_errors(exc: ValidationError, source: str) -> str:
+    errors = exc.errors()
     lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    for err in errors:
+        loc = tuple(err["loc"])
+        if err["type"] == "too_short" and any(
+            tuple(o["loc"])[: len(loc)] == loc and o is not err for o in errors
+        ):
+            continue  # a list whose items failed is "too short" only after dropping them: the items say why
+        key = ".".join(str(p) for p in loc) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}")
         elif err["type"] == "missing":
