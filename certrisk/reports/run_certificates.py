@@ -26,7 +26,7 @@ from certrisk.reports.formatting import (
 from certrisk.reports.sources import RunData
 from certrisk.schemas.columns import FACTORS
 from certrisk.schemas.enums import Edition
-from certrisk.schemas.policy import IBPSpec, SmoothingSpec
+from certrisk.schemas.policy import CROWNSpec, IBPSpec, SmoothingSpec
 
 #: Rows of the top-risk sample table in HTML and PDF (the CSV holds every sample).
 TOP_SAMPLES = 25
@@ -167,6 +167,8 @@ def _method_costs_section(data: RunData, sec: Section) -> Section:
 def _certificate_method_row(method: str, g: pd.DataFrame) -> list[str]:
     """One method's certificates summarised: norm, count, share certified, cost, devices, median radius."""
     certified = ~g["abstained"].astype(bool)
+    median = float(g.loc[certified, "radius"].median()) if certified.any() else float("nan")
+    ms = 1000 * float(g["seconds"].mean())
     return [
         str(method),
         str(g["norm"].iloc[0]),
@@ -177,7 +179,8 @@ def _certificate_method_row(method: str, g: pd.DataFrame) -> list[str]:
         fmt_bytes(g["peak_bytes"].max()),
         f"{g['n_forward'].mean():,.0f}",
         ", ".join(sorted(set(g["device"].astype(str)))),
-        fmt_num(float(g.loc[certified, "radius"].median()) if certified.any() else float("nan"), 4),
+        fmt_num(median, 4),
+        fmt_num(median / ms, 4) if ms > 0 else "-",
     ]
 
 
@@ -193,11 +196,22 @@ def methods_section(data: RunData) -> Section:
     rows = [_certificate_method_row(method, g) for method, g in c.groupby("method", sort=True)]
     sec.paragraphs.append(
         "What each method costs and what it yields on this batch: wall time amortised per sample, the "
-        "batch's peak memory, forward passes per sample, and the share of samples certified."
+        "batch's peak memory, forward passes per sample, and the share of samples certified. The last "
+        "two columns are the trade-off to choose by: how tight each method's certificates are (median "
+        "radius, in its own norm) and how much radius a millisecond of compute buys."
     )
     sec.tables.append(
         Table(
-            ["Method", "Norm", "Samples", "Certified", *COST_COLUMNS, "Device", "Median radius"],
+            [
+                "Method",
+                "Norm",
+                "Samples",
+                "Certified",
+                *COST_COLUMNS,
+                "Device",
+                "Median radius",
+                "Radius per ms",
+            ],
             rows,
             caption="Resource comparison of the certification methods",
         )
@@ -221,7 +235,7 @@ def _method_parameters(m) -> list[str]:
             f"alpha = {m.alpha}",
             f"n0 = {m.n0}, n = {m.n}",
         ]
-    if isinstance(m, IBPSpec):
+    if isinstance(m, IBPSpec | CROWNSpec):
         eps = m.eps if m.eps is not None else "searched"
         return [m.method.value, m.norm.value, f"eps = {eps}", "-", "-"]
     return [m.method.value, m.norm.value, "-", "-", "-"]
