@@ -1,6 +1,7 @@
 """The tabular example DAG (scikit-learn's breast cancer data, an MLP, a rule-heavy policy) run
 for real under ``dag.test()`` on 48 samples of the shifted batch (every size feature reads
-0.8 standard deviations high): all three certification methods certify every sample, the
+0.8 standard deviations high): every certification method (smoothing, IBP, CROWN, Lipschitz)
+certifies every sample, the
 batch-level expectations catch the shift, and the run is recorded once. The run either succeeds
 or ends, by design, with only the alert task failed after the record landed."""
 
@@ -43,7 +44,7 @@ def test_run_succeeds_or_ends_with_the_designed_alert(breast_cancer_run):
     assert failed == ([] if outcome == "success" else ["alert"]), states
 
 
-def test_record_holds_every_sample_and_all_three_methods(breast_cancer_run):
+def test_record_holds_every_sample_and_every_method(breast_cancer_run):
     from certrisk.governance import GovernanceStore
     from certrisk.schemas.settings import default_db_url
 
@@ -53,9 +54,12 @@ def test_record_holds_every_sample_and_all_three_methods(breast_cancer_run):
     ids = sorted(pd.read_parquet(batch)["sample_id"])
     assert sorted(store.samples(run.run_id, limit=None)["sample_id"]) == ids
     certs = recorded["certificates"]
-    assert set(certs["method"]) == {"smoothing", "ibp", "lipschitz"}
+    assert set(certs["method"]) == {"smoothing", "ibp", "crown", "lipschitz"}
     for _method, group in certs.groupby("method"):
         assert sorted(group["sample_id"]) == ids
+    # CROWN is never looser than IBP: per sample, its searched radius is at least IBP's
+    by = certs.set_index(["method", "sample_id"])["radius"]
+    assert (by["crown"].loc[ids].to_numpy() >= by["ibp"].loc[ids].to_numpy()).all()
     # The alert fires exactly when the recorded tier reaches the policy's alert tier (critical).
     assert (recorded["tier"] == "critical") == (outcome == "alert")
 
