@@ -12,7 +12,7 @@ app = typer.Typer(help="Certification-aware AI risk management.", no_args_is_hel
 
 @app.command()
 def demo(
-    batches: str = typer.Option("clean,shifted,attacked", help="Comma-separated demo batches to run."),
+    batches: str = typer.Option("clean,shifted,attacked,deep", help="Comma-separated demo batches to run."),
     samples: int | None = typer.Option(None, help="Samples per batch (default: all prepared)."),
     dataset: str = typer.Option("digits", help="Demo dataset: digits (images) or breast_cancer (tabular)."),
 ) -> None:
@@ -102,7 +102,7 @@ def db_upgrade(db: str | None = typer.Option(None, "--db", help=_DB_HELP)) -> No
 
 @db_app.command("grant")
 def db_grant(db: str | None = typer.Option(None, "--db", help=_DB_HELP)) -> None:
-    """PostgreSQL: create the roles certrisk_writer, _engineer, _compliance, _auditor and grant their tiers."""
+    """PostgreSQL: create the roles certrisk_writer, _reviser, _engineer, _compliance, _auditor and grant their tiers."""
     from certrisk.governance.roles import grant_roles
 
     with _domain_errors_exit():
@@ -122,14 +122,14 @@ def runs(
     limit: int | None = typer.Option(None, help="At most this many runs."),
     format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
-    """Recorded runs, newest first."""
+    """Recorded runs, newest first; a superseded run shows "revised" with the previous tier, who and why."""
     with _domain_errors_exit():
         frame = _store(db).list_runs(
             model=model, since=since, until=until, tier=tier, min_tier=min_tier,
             include_superseded=all_revisions, limit=limit,
         )  # fmt: skip
     cols = ["dag_id", "run_id", "revision", "batch", "model", "n_samples", "abstention_rate", "mean_risk", "tier",
-            "drift", "created_at"]  # fmt: skip
+            "drift", "created_at", "revised"]  # fmt: skip
     _emit(frame if format == "json" else frame[cols], format, "certrisk runs")
 
 
@@ -249,6 +249,72 @@ def report(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{built.edition.value} report written to {path}")
+
+
+@app.command()
+def evaluate(
+    policy: str = typer.Option(..., "--policy", help="The model's policy YAML."),
+    labelled: str | None = typer.Option(
+        None, "--labelled", help="Labelled held-out file (default: the reference's evaluation role)."
+    ),
+    attacks: str | None = typer.Option(None, "--attacks", help="Comma-separated families (default: all)."),
+    fractions: str = typer.Option("0.25,0.5", "--fractions", help="Budget fractions of the data's geometry."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the attacks' noise and of certification."),
+    out: str = typer.Option("evaluation", "--out", help="Directory for evaluation.parquet and .json."),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many evaluation samples."),
+    clip: str = typer.Option("auto", "--clip", help="Attacks' data box: auto, unit, reference or none."),
+    device: str | None = typer.Option(None, "--device", help="Torch device (default: the policy's)."),
+    format: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Measured detection: attack a held-out labelled set, score every attacked set through the
+    production pipeline, print per family what reaches each tier (and the certificate-only score)."""
+    import json
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    from airflow.sdk import ObjectStoragePath
+
+    from certrisk.operators.evaluate import evaluate_policy, write_evaluation
+    from certrisk.risk.attack_suite import FAMILIES
+    from certrisk.risk.evaluate import evaluation_records, family_table, target_gaps
+    from certrisk.schemas.errors import InputError
+
+    if format not in ("table", "json"):
+        _fail(InputError(f"--format: unknown format {format!r}; use table or json"))
+    try:
+        budget = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        _fail(InputError(f"--fractions: not a comma-separated list of numbers: {fractions!r}"))
+    root = Path(out).resolve()
+    with _domain_errors_exit():
+        result = evaluate_policy(
+            policy, work_dir=root / "work", labelled=labelled, seed=seed, limit=limit, clip=clip, device=device,
+            families=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else tuple(FAMILIES),
+            fractions=budget,
+        )  # fmt: skip
+        paths = write_evaluation(result, ObjectStoragePath(f"file://{root}"))
+    if format == "json":
+        typer.echo(json.dumps({"metadata": result.metadata, "rows": evaluation_records(result)}, indent=2))
+        return
+    meta = result.metadata
+    geo = meta["geometry"]["median_nearest_other_class"]
+    _emit(family_table(result.frame), "table", f"measured detection: {meta['model']}")
+    typer.echo(
+        f"geometry: median distance to the nearest reference sample of another class l2 {geo['l2']:.3g}, "
+        f"linf {geo['linf']:.3g}; {meta['n_clean']} clean evaluation samples ({meta['evaluation_source']}), "
+        f"clean batch tier {meta['clean']['batch_tier']}; box {meta['clip']}"
+    )
+    gaps = target_gaps(result.frame)
+    typer.echo(
+        "misses against the targets:" if gaps else "every scored non-adaptive family meets the targets"
+    )
+    for line in gaps:
+        typer.echo(f"  {line}")
+    typer.echo(
+        "A certificate bounds the distance to a class change, not to an attack; adaptive attackers "
+        f"may evade. Written: {paths['evaluation']}, {paths['metadata']}"
+    )
 
 
 def main() -> None:

@@ -14,13 +14,25 @@ Canonical serialization (what every digest is computed over):
 * a table digest = sha256 over its row digests in ``row_no`` order; the header digest = sha256 of
   the canonical JSON (sorted keys, no whitespace, floats by ``repr``) of the run's header fields
   (``RunHeader``: the write path builds it from the payload, ``verify`` from the stored row);
-* the manifest = {"header": header digest, "tables": {name: {"rows": n, "digest": d}}}, and the
-  ``manifest_digest`` = sha256 of its canonical JSON. It does not depend on the revision or the
-  database keys, so the same payload always has the same manifest digest (idempotency test);
-* an audit entry's ``entry_hash`` = sha256 of the canonical JSON of {prev, seq, dag_id, run_id,
-  revision, manifest_digest, manifest, recorded_at}; ``prev`` is the previous entry's hash
-  (64 zeros for the first). Changing, deleting or inserting any recorded row, run or entry breaks
-  a digest or a link, which ``verify`` finds and names.
+* the manifest = {"header": header digest, "tables": {name: {"rows": n, "digest": d, "columns":
+  [[column, dtype], ...]}}}, and the ``manifest_digest`` = sha256 of its canonical JSON. It does
+  not depend on the revision or the database keys, so the same payload always has the same
+  manifest digest (idempotency test). Row digests are over the columns the manifest lists; a
+  manifest written before migration 0004 lists none and means ``LEGACY_COLUMNS``;
+* a model or policy row (``RECORD_COLUMNS`` of ``record_tables``) is digested like a row, its
+  timestamp as UTC ISO 8601: its manifest is {"columns": [...], "digest": d};
+* an audit entry's ``entry_hash`` = sha256 of the canonical JSON of {prev, seq, kind, dag_id,
+  run_id, revision, record_key, manifest_digest, manifest, recorded_at, facts}; ``prev`` is the
+  previous entry's hash (64 zeros for the first); ``facts`` holds the stored row's own columns
+  that are not payload (who recorded a run revision and why). Entries written before migration
+  0005 (runs without facts) hash {prev, seq, dag_id, run_id, revision, manifest_digest, manifest,
+  recorded_at}. Changing, deleting or inserting any recorded row, run, model, policy, evaluation
+  or entry breaks a digest or a link, which ``verify`` finds and names.
+
+Canonical storage. JSON documents are written as their canonical JSON text and read back
+strictly (``strict_json``): a duplicate key, NaN or an out-of-range number is tampering (SQLite's
+``json_extract`` reads the first of two equal keys, Python the last). Timestamps are stored as UTC
+in one representation (``certrisk.governance.engine.Dialect.read_timestamp``).
 
 A hash chain proves that nothing *inside* it changed; it cannot tell a forged run appended at the
 *end* with freshly computed hashes (anyone can compute sha256). Publish the chain head that
@@ -31,9 +43,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from datetime import datetime
 from operator import itemgetter, methodcaller
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -42,6 +56,65 @@ from certrisk.schemas.clock import as_utc
 
 GENESIS = "0" * 64
 ROW_DIGEST_CHARS = 32
+
+#: The columns (name, dtype) of each row table as recorded before migration 0004, when manifests
+#: began to list them: what a manifest table entry without "columns" covers. Frozen here.
+_LEGACY = {
+    "sample_risk": "sample_id:string risk:float64 tier:string abstained:bool prediction:int64 "
+    "base_prediction:int64 factor_abstention:float64 factor_radius_rank:float64 factor_context:float64 "
+    "factor_rules:float64 factor_novelty:float64 factor_instability:float64 top_factors:object rmf_ids:object",
+    "certificate": "sample_id:string method:string norm:string prediction:int64 abstained:bool radius:float64 "
+    "radius_l1:float64 radius_l2:float64 radius_linf:float64 p_lower:float64 n_forward:int64 alpha:float64 "
+    "sigma:float64 eps:float64 seed:int64 seconds:float64 peak_bytes:int64 device:string dtype:string",
+    "rule_sample": "sample_id:string n_failed:int64 max_severity:string failed:object",
+    "rule_result": "expectation:string expectation_type:string column:string severity:string level:string "
+    "success:bool observed_value:string unexpected_count:int64 rmf_ids:object",
+    "drift_test": "test:string family:string feature:string statistic:float64 p_value:float64 q_value:float64 "
+    "effect_size:float64 effect_name:string drift:bool",
+    "rmf_evidence": "subcategory_id:string evidence_kind:string detail:string",
+}
+LEGACY_COLUMNS = MappingProxyType(
+    {name: tuple(tuple(c.split(":")) for c in spec.split()) for name, spec in _LEGACY.items()}
+)
+
+
+class JsonProblem(ValueError):
+    """Stored JSON text that is not what certrisk writes: its message says what is wrong."""
+
+
+def _unique_pairs(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise JsonProblem(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str):
+    raise JsonProblem(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonProblem(f"out-of-range number {text}")
+    return value
+
+
+def strict_json(text):
+    """Parse stored JSON text strictly: a duplicate key, NaN, Infinity or a number beyond float64
+    (1e400) raises ``JsonProblem`` naming it, as does text that is not JSON."""
+    if not isinstance(text, str):
+        raise JsonProblem(f"not JSON text ({type(text).__name__})")
+    try:
+        return json.loads(
+            text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant, parse_float=_finite_float
+        )
+    except JsonProblem:
+        raise
+    except ValueError as exc:
+        raise JsonProblem(f"not valid JSON ({exc})") from None
 
 
 def canonical_json(value) -> str:
@@ -174,12 +247,38 @@ class RunHeader:
         return sha256_hex(canonical_json(self.digested()))
 
 
-def manifest_of(header_digest: str, tables: dict[str, tuple[int, str]]) -> tuple[dict, str]:
-    """The manifest dict and its digest from the header digest and {table: (rows, digest)}."""
+def manifest_of(header_digest: str, tables: dict[str, tuple[int, str, tuple]]) -> tuple[dict, str]:
+    """The manifest dict and its digest from the header digest and {table: (rows, digest,
+    columns)}, columns a sequence of (name, dtype) pairs."""
     manifest = {
         "header": header_digest,
-        "tables": {name: {"rows": n, "digest": d} for name, (n, d) in tables.items()},
+        "tables": {
+            name: {"rows": n, "digest": d, "columns": [list(c) for c in cols]}
+            for name, (n, d, cols) in tables.items()
+        },
     }
+    return manifest, sha256_hex(canonical_json(manifest))
+
+
+def recorded_columns(name: str, entry: dict) -> tuple[tuple[str, str], ...]:
+    """The (column, dtype) pairs a manifest's table entry covers (``LEGACY_COLUMNS`` when it
+    lists none). Raises JsonProblem when the list is malformed."""
+    cols = entry.get("columns")
+    if cols is None:
+        if name not in LEGACY_COLUMNS:
+            raise JsonProblem(f"table {name!r} lists no columns")
+        return LEGACY_COLUMNS[name]
+    if not isinstance(cols, list) or not all(
+        isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in cols
+    ):
+        raise JsonProblem(f"table {name!r}: malformed column list")
+    return tuple((c, d) for c, d in cols)
+
+
+def record_manifest(columns, values: tuple) -> tuple[dict, str]:
+    """The manifest of one model or policy row: its (column, dtype) pairs and the digest of its
+    canonical values (timestamps as ``iso_utc`` text), and the manifest's digest."""
+    manifest = {"columns": [list(c) for c in columns], "digest": row_digest(values)}
     return manifest, sha256_hex(canonical_json(manifest))
 
 
@@ -187,36 +286,43 @@ def entry_hash(
     *,
     prev_hash: str,
     seq: int,
-    dag_id: str,
-    run_id: str,
-    revision: int,
+    dag_id: str | None,
+    run_id: str | None,
+    revision: int | None,
     manifest_digest: str,
     manifest: dict,
     recorded_at: datetime,
+    kind: str = "run",
+    record_key: str | None = None,
+    facts: dict | None = None,
 ) -> str:
-    return sha256_hex(
-        canonical_json(
-            {
-                "prev": prev_hash,
-                "seq": seq,
-                "dag_id": dag_id,
-                "run_id": run_id,
-                "revision": revision,
-                "manifest_digest": manifest_digest,
-                "manifest": manifest,
-                "recorded_at": iso_utc(recorded_at),
-            }
-        )
-    )
+    """The hash of an audit entry (see the module docstring): a run entry without ``facts`` has
+    the pre-0005 form, every other entry the full one."""
+    fields_ = {
+        "prev": prev_hash,
+        "seq": seq,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "revision": revision,
+        "manifest_digest": manifest_digest,
+        "manifest": manifest,
+        "recorded_at": iso_utc(recorded_at),
+    }
+    if kind != "run" or facts is not None:
+        fields_.update(kind=kind, record_key=record_key, facts=facts)
+    return sha256_hex(canonical_json(fields_))
 
 
 @dataclass(frozen=True)
 class VerifyReport:
     """Outcome of ``GovernanceStore.verify``.
 
-    ``first_bad_run`` is "dag_id/run_id#revision" (or the audit seq when the run is gone);
-    ``first_bad_row`` names the table and the row's key, e.g. "certificate sample_id='b:3'
-    method='smoothing'"; both None when ``ok``. ``head`` is the hash of the last audit entry.
+    ``first_bad_run`` names the record: "dag_id/run_id#revision" for a run, "model NAME
+    sha256=..." / "policy NAME sha256=..." / "evaluation MODEL KEY" for the others (None for the
+    RMF catalog or a head that is not in the chain); ``first_bad_row`` names the table and the
+    row's key, e.g. "certificate sample_id='b:3' method='smoothing' row_no=3", or the column,
+    e.g. "pipeline_run.summary"; both None when ``ok``. ``runs_checked`` and ``rows_checked``
+    count runs and their (and evaluations') rows. ``head`` is the hash of the last audit entry.
     """
 
     ok: bool

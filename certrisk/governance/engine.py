@@ -17,7 +17,16 @@ bulk insert                   driver ``executemany``              ``COPY ... FRO
                                                                   blocks of ``COPY_BLOCK_ROWS`` rows
 datetimes bound in queries    naive UTC (stored as naive text)    aware UTC (``timestamptz``)
 dates bound in queries        ISO text                            ``date``
+the one timestamp             text ``YYYY-MM-DD HH:MM:SS.ffffff``  ``timestamptz`` (an instant: one
+representation                of the UTC time; any other           representation by construction)
+                              spelling is tampering
+who recorded a run revision   the operating-system user (SQLite   ``session_user``, filled by the
+(``recorded_by``)             has no logins: not enforced)        column default; no role may insert
+                                                                  it (``roles``)
 ============================  ==================================  ===================================
+
+Both write JSON documents as their canonical text (``chain.canonical_json``, the engines'
+``json_serializer``).
 
 Any other backend gets the base ``Dialect``: one pre-pinged engine, ``executemany`` with the
 driver's qmark parameters, aware datetimes.
@@ -26,6 +35,7 @@ driver's qmark parameters, aware datetimes.
 from __future__ import annotations
 
 import contextlib
+import getpass
 from datetime import date, datetime
 from itertools import repeat
 from pathlib import Path
@@ -33,6 +43,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from certrisk.governance.chain import canonical_json
 from certrisk.governance.payload import TableRows
 from certrisk.schemas.clock import as_utc
 from certrisk.schemas.errors import StoreError, StoreUnavailableError
@@ -89,15 +100,33 @@ def _pg_missing(message: str) -> bool:
     return ("relation" in message or "column" in message) and "does not exist" in message
 
 
+class TimestampProblem(ValueError):
+    """A stored timestamp that is not one, or not in the backend's one representation."""
+
+
+def sqlite_timestamp_text(value: datetime) -> str:
+    """The one text SQLite stores for the instant ``value``: naive UTC with microseconds, as
+    SQLAlchemy's SQLite DateTime writes it."""
+    return as_utc(value).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
 class Dialect:
     """How certrisk talks to one kind of database (see the module docstring's table)."""
 
     name = "generic"
     #: Whether writes go through the read engine (False: a separate write engine).
     writes_on_read_engine = True
+    #: Whether the backend has the roles of ``certrisk.governance.roles`` (access tiers).
+    has_access_tiers = False
 
     def create_engine(self, url: sa.URL, *, for_writes: bool, echo: bool) -> sa.Engine:
-        return sa.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=self.connect_args())
+        return sa.create_engine(
+            url,
+            echo=echo,
+            pool_pre_ping=True,
+            connect_args=self.connect_args(),
+            json_serializer=canonical_json,
+        )
 
     def connect_args(self) -> dict:
         return {}
@@ -105,12 +134,28 @@ class Dialect:
     def lock_chain(self, conn) -> None:
         """Serialize appends to the audit chain until the transaction ends."""
 
-    def insert_rows(self, conn, table: str, run_pk: int, rows: TableRows) -> None:
-        """Insert ``rows`` of run ``run_pk`` into ``table``: run_pk, row_no, the columns, row_digest."""
-        cols = ["run_pk", "row_no", *rows.columns, "row_digest"]
+    def recorded_by(self) -> str | None:
+        """Who records a run revision, as this backend knows it; None: the database fills it."""
+        return getpass.getuser()
+
+    def stored_timestamp(self, column):
+        """``column`` as stored, for ``read_timestamp`` (the value itself here)."""
+        return column
+
+    def read_timestamp(self, value) -> datetime:
+        """A stored timestamp as an aware UTC datetime; ``TimestampProblem`` when it is not one
+        (or, where the backend stores text, not in the one representation)."""
+        if not isinstance(value, datetime):
+            raise TimestampProblem(f"stored as {value!r}, not a timestamp")
+        return as_utc(value)
+
+    def insert_rows(self, conn, table: str, parent_pk: int, rows: TableRows, parent: str = "run_pk") -> None:
+        """Insert ``rows`` of the record ``parent_pk`` into ``table``: the ``parent`` key column
+        (run_pk, or evaluation_pk), row_no, the columns, row_digest."""
+        cols = [parent, "row_no", *rows.columns, "row_digest"]
         quoted = ", ".join(f'"{c}"' for c in cols)
         marks = ", ".join("?" * len(cols))
-        values = zip(repeat(run_pk), range(rows.n), *rows.insert_columns(), rows.digests, strict=False)
+        values = zip(repeat(parent_pk), range(rows.n), *rows.insert_columns(), rows.digests, strict=False)
         statement = f"INSERT INTO {table} ({quoted}) VALUES ({marks})"
         cur = conn.connection.driver_connection.cursor()
         try:
@@ -140,7 +185,9 @@ class SqliteDialect(Dialect):
                 raise StoreUnavailableError(
                     f"governance database {mask_url(url)} is unavailable: {exc}"
                 ) from exc
-        engine = sa.create_engine(url, echo=echo, connect_args={"timeout": 60})
+        engine = sa.create_engine(
+            url, echo=echo, connect_args={"timeout": 60}, json_serializer=canonical_json
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):
@@ -163,20 +210,43 @@ class SqliteDialect(Dialect):
     def bind_date(self, value: date) -> str:
         return value.isoformat()
 
+    def stored_timestamp(self, column):
+        return sa.cast(column, sa.Text)
+
+    def read_timestamp(self, value) -> datetime:
+        if not isinstance(value, str):
+            raise TimestampProblem(f"stored as {value!r}, not as timestamp text")
+        try:
+            parsed = as_utc(datetime.fromisoformat(value))
+        except ValueError:
+            raise TimestampProblem(f"stored as {value!r}, not a timestamp") from None
+        canonical = sqlite_timestamp_text(parsed)
+        if value != canonical:
+            raise TimestampProblem(
+                f"stored as {value!r}, not as {canonical!r}, the one representation of that instant (UTC): "
+                "the same instant spelled another way, which the views' text comparisons (runs --since, "
+                "export, the daily trend) do not match"
+            )
+        return parsed
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
+    has_access_tiers = True
 
     def connect_args(self) -> dict:
         return {"connect_timeout": 10}
 
+    def recorded_by(self) -> None:
+        return None  # the column default, session_user: the login, which no role may set
+
     def lock_chain(self, conn) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
 
-    def insert_rows(self, conn, table: str, run_pk: int, rows: TableRows) -> None:
+    def insert_rows(self, conn, table: str, parent_pk: int, rows: TableRows, parent: str = "run_pk") -> None:
         # COPY text format, a block of rows per write: one round of Python string joins per block
         # instead of one driver call per row.
-        quoted = ", ".join(f'"{c}"' for c in ["run_pk", "row_no", *rows.columns, "row_digest"])
+        quoted = ", ".join(f'"{c}"' for c in [parent, "row_no", *rows.columns, "row_digest"])
         fields = copy_fields(rows)
         row_nos = list(map(str, range(rows.n)))
         dbapi = conn.connection.driver_connection
@@ -185,7 +255,7 @@ class PostgresDialect(Dialect):
             for lo in range(0, rows.n, COPY_BLOCK_ROWS):
                 hi = lo + COPY_BLOCK_ROWS
                 block = zip(
-                    repeat(str(run_pk)), row_nos[lo:hi], *(f[lo:hi] for f in fields), rows.digests[lo:hi]
+                    repeat(str(parent_pk)), row_nos[lo:hi], *(f[lo:hi] for f in fields), rows.digests[lo:hi]
                 )
                 copy.write(("\n".join(map("\t".join, block)) + "\n").encode("utf-8"))
 

@@ -126,3 +126,16 @@ def _number(value) -> float | None:
 def _count(value) -> int | None:
     number = _number(value)
     return None if number is None else int(number)
+
+
+def revision_trail(run: Mapping) -> str:
+    """A run's supersede trail in words ("" for a first revision): "revised: revision 2 replaces
+    tier high; by alice: relabelled batch". ``run`` is a v_run_summary row (``revision``,
+    ``previous_tier``, ``recorded_by``, ``revision_reason``)."""
+    revision = int(run.get("revision") or 1)
+    if revision <= 1:
+        return ""
+    previous = run.get("previous_tier") or "unknown"
+    who = run.get("recorded_by") or "unknown (recorded before certrisk kept it)"
+    why = run.get("revision_reason") or "no reason recorded"
+    return f"revised: revision {revision} replaces tier {previous}; by {who}: {why}"

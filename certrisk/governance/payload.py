@@ -1,9 +1,11 @@
 """The payload of one governance write (``RunRecord``) and its validation into canonical rows.
 
 Validation happens before any connection is opened, so bad input never leaves a trace in the
-database: missing columns, duplicate sample ids, NaN or inf risk, unknown tiers, factor names or
-RMF subcategory ids, certificates for samples the run does not have, and a summary that disagrees
-with the sample table all raise ``InputError`` naming the table, column, row and sample id.
+database: missing columns, duplicate sample ids, NaN, inf or out-of-range risk, unknown tiers,
+factor names or RMF subcategory ids, certificates for samples the run does not have, and a
+summary that disagrees with the rows or is out of range (``summary_figures.reconcile``: the
+stored figures are the ones the rows give) all raise ``InputError`` naming the table, column,
+row, sample id or summary key.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from certrisk.governance.chain import (
     iso_utc,
     manifest_of,
     row_digests_of,
+    strict_json,
     table_digest,
 )
+from certrisk.governance.summary_figures import reconcile
 from certrisk.schemas.clock import as_utc
 from certrisk.schemas.columns import (
     CERTIFICATE_COLUMNS,
@@ -46,7 +50,9 @@ from certrisk.schemas.tables import RMF_EVIDENCE_COLUMNS, ROW_TABLES
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TIERS = frozenset(t.value for t in Tier)
-REQUIRED_SUMMARY_KEYS = ("n_samples", "abstention_rate", "mean_risk", "tier")
+#: Summary keys a caller must supply: the batch tier (its rules are the scorer's; every other
+#: batch figure is derived from the rows, ``summary_figures``).
+REQUIRED_SUMMARY_KEYS = ("tier",)
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def _json_texts(col: list) -> list:
         key = tuple(v)
         text = cache.get(key)
         if text is None:
-            text = cache[key] = json.dumps(v)
+            text = cache[key] = canonical_json(v)
         dumped.append(text)
     return dumped
 
@@ -169,6 +175,8 @@ def canonical_column(series: pd.Series, dtype: str) -> list:
     if dtype == "int64":
         return series.to_numpy(dtype=np.int64).tolist()
     if dtype == "bool":
+        if series.isna().any():  # an optional column left out: None, not False
+            return [None if v is None else bool(v) for v in series.to_numpy(dtype=object, na_value=None)]
         return series.to_numpy(dtype=bool).tolist()
     if dtype == "string":
         return series.to_numpy(dtype=object, na_value=None).tolist()
@@ -208,6 +216,14 @@ def table_rows(frame: pd.DataFrame, spec, *, table: str) -> TableRows:
         reprs.append(texts)
     digests = row_digests_of(reprs) if len(frame) else []
     return TableRows(tuple(spec), dtypes, values, reprs, digests)
+
+
+def table_manifests(tables: dict[str, TableRows]) -> dict[str, tuple[int, str, tuple]]:
+    """{table: (rows, table digest, (column, dtype) pairs)}: what ``chain.manifest_of`` takes."""
+    return {
+        name: (t.n, table_digest(t.digests), tuple(zip(t.columns, t.dtypes, strict=True)))
+        for name, t in tables.items()
+    }
 
 
 def _frame(value, spec, *, table: str) -> pd.DataFrame:
@@ -294,9 +310,15 @@ def _sample_frame(record: RunRecord) -> pd.DataFrame:
         raise InputError(f"sample_risk: missing sample_id at row {row}")
     _first_duplicate(samples, [SAMPLE_ID], table="sample_risk")
     ids = samples[SAMPLE_ID].to_numpy(dtype=object)
-    finite_or_raise(
-        samples["risk"].to_numpy(dtype=np.float64, na_value=np.nan), what="sample_risk: risk", ids=ids
-    )
+    risk = samples["risk"].to_numpy(dtype=np.float64, na_value=np.nan)
+    finite_or_raise(risk, what="sample_risk: risk", ids=ids)
+    outside = (risk < 0.0) | (risk > 1.0)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise InputError(
+            f"sample_risk: risk {float(risk[row])!r} at row {row} (sample_id {ids[row]!r}) is outside [0, 1]; "
+            f"{int(outside.sum())} row(s) affected"
+        )
     bad_tier = ~samples["tier"].isin(_TIERS).to_numpy()
     if bad_tier.any():
         row = int(np.flatnonzero(bad_tier)[0])
@@ -347,27 +369,22 @@ def _row_frames(record: RunRecord, samples: pd.DataFrame) -> dict[str, pd.DataFr
     }
 
 
-def _canonical_summary(value, *, n_samples: int) -> dict:
-    """The batch summary as canonical JSON read back: required keys present, a known tier,
-    ``n_samples`` equal to the sample table's rows, numeric figures."""
+def _canonical_summary(value, frames: dict[str, pd.DataFrame]) -> dict:
+    """The batch summary as canonical JSON read back, checked against the rows and completed from
+    them (``summary_figures.reconcile``)."""
     if not isinstance(value, dict):
         raise InputError(f"summary: expected a dict, got {type(value).__name__}")
     missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in value]
     if missing:
         raise InputError(f"summary: missing key(s) {missing}")
     try:
-        text = canonical_json(json.loads(json.dumps(value, default=_json_default, allow_nan=False)))
+        summary = strict_json(
+            canonical_json(json.loads(json.dumps(value, default=_json_default, allow_nan=False)))
+        )
     except (TypeError, ValueError) as exc:
         raise InputError(f"summary: not JSON-serializable without NaN/inf: {exc}") from exc
-    summary = json.loads(text)
-    if summary["tier"] not in _TIERS:
-        raise InputError(f"summary: unknown tier {summary['tier']!r}; known tiers: {sorted(_TIERS)}")
-    if summary["n_samples"] != n_samples:
-        raise InputError(f"summary: n_samples={summary['n_samples']} but sample_risk has {n_samples} rows")
-    for key in ("abstention_rate", "mean_risk"):
-        if not isinstance(summary[key], int | float) or isinstance(summary[key], bool):
-            raise InputError(f"summary: {key} must be a number, got {summary[key]!r}")
-    return summary
+    summary = reconcile(summary, frames["sample_risk"], frames["drift_test"], frames["rule_result"])
+    return strict_json(canonical_json(summary))
 
 
 def run_header(record: RunRecord, created_at: datetime, summary: dict) -> RunHeader:
@@ -400,10 +417,8 @@ def prepare(record: RunRecord) -> PreparedRun:
     created = _check_fields(record)
     samples = _sample_frame(record)
     frames = _row_frames(record, samples)
-    summary = _canonical_summary(record.summary, n_samples=len(samples))
+    summary = _canonical_summary(record.summary, frames)
     tables = {name: table_rows(frames[name], spec, table=name) for name, _table, spec in ROW_TABLES}
     header = run_header(record, created, summary)
-    manifest, digest = manifest_of(
-        header.digest(), {name: (t.n, table_digest(t.digests)) for name, t in tables.items()}
-    )
+    manifest, digest = manifest_of(header.digest(), table_manifests(tables))
     return PreparedRun(record, header, summary, created, tables, manifest, digest)

@@ -2,13 +2,16 @@
 v_sample_risk, v_rmf_evidence, v_rmf_subcategory, v_daily_trend, v_drift_test, v_rule_result,
 v_method_cost), so the compliance role can run every one of them; none returns a radius or a
 confidence bound. Each takes an open connection (``GovernanceStore.connect``). Times are UTC;
-datetimes and dates are bound as the backend's ``Dialect`` says.
+datetimes and dates are bound as the backend's ``Dialect`` says. A run's rows carry its
+supersede trail (``recorded_by``, ``revision_reason``, ``previous_tier``; ``facts.revision_trail``
+words it). The CSV export neutralises every cell a spreadsheet would run as a formula.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import operator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -16,17 +19,22 @@ import pandas as pd
 import sqlalchemy as sa
 
 from certrisk.governance.engine import dialect_of
-from certrisk.governance.facts import FACT_COLUMNS
+from certrisk.governance.facts import FACT_COLUMNS, revision_trail
 from certrisk.schemas.clock import as_utc, as_utc_timestamp, utc_now
 from certrisk.schemas.columns import FACTORS
 from certrisk.schemas.enums import Tier
 from certrisk.schemas.errors import InputError, RunNotFoundError
 from certrisk.schemas.rmf import catalog
+from certrisk.schemas.spreadsheet import safe_cell
+
+#: Days a trend may reach back (100 years).
+MAX_TREND_DAYS = 36_500
 
 RUN_COLUMNS = (
     "dag_id", "run_id", "revision", "batch", "model", "model_sha256", "created_at", "recorded_at",
     "n_samples", "abstention_rate", "mean_risk", "tier", "drift", "reasons", "limitations",
-    "package_version", "policy_sha256", "manifest_digest", "is_current",
+    "package_version", "policy_sha256", "manifest_digest", "is_current", "recorded_by", "revision_reason",
+    "previous_tier",
 )  # fmt: skip
 SAMPLE_COLUMNS = (
     "sample_id", "risk", "tier", "abstained", *(f"factor_{f}" for f in FACTORS), "top_factors", "rmf_ids",
@@ -88,7 +96,7 @@ def _json(value):
 def _utc_series(series: pd.Series) -> pd.Series:
     """A column of timestamps (aware, naive UTC, or SQLite's text) as aware UTC: the column-wise
     form of ``certrisk.schemas.clock.as_utc_timestamp`` (naive values are UTC)."""
-    return pd.to_datetime(series, utc=True)
+    return pd.to_datetime(series, utc=True, format="ISO8601")
 
 
 def list_runs(
@@ -104,7 +112,8 @@ def list_runs(
     limit: int | None = None,
 ) -> pd.DataFrame:
     """Runs newest first, filtered by model, created_at in [since, until), tier (exact) or
-    min_tier (that tier or worse). Columns: RUN_COLUMNS. Current revisions only unless
+    min_tier (that tier or worse). Columns: RUN_COLUMNS and ``revised`` (the supersede trail in
+    words, ``facts.revision_trail``; "" for a first revision). Current revisions only unless
     ``include_superseded``."""
     where, params = [], {}
     if not include_superseded:
@@ -134,6 +143,7 @@ def list_runs(
     frame["drift"] = frame["drift"].astype(bool)
     frame["is_current"] = frame["is_current"].astype(bool)
     frame["reasons"] = [_json(v) for v in frame["reasons"]]
+    frame["revised"] = [revision_trail(r) for r in frame.to_dict(orient="records")]
     return frame
 
 
@@ -186,7 +196,7 @@ def run_summary(conn, run_id: str, dag_id: str | None = None, revision: int | No
     current revision unless ``revision``. ``reasons`` a list; ``tier_counts`` and
     ``risk_quantiles`` dicts; ``not_measured`` a list or None; ``limitations`` a string ("" when absent); ``drift``, ``is_current``
     bools and ``abstention_elevated`` a bool or None; ``created_at``, ``recorded_at`` aware UTC
-    pandas Timestamps. Raises like ``find_run``; ``facts.BatchFacts.from_row`` reads the figures.
+    pandas Timestamps; ``revised`` the supersede trail in words ("" for a first revision). Raises like ``find_run``; ``facts.BatchFacts.from_row`` reads the figures.
     """
     run = dict(find_run(conn, run_id, dag_id, revision, columns=("run_pk", *REPORT_RUN_COLUMNS)))
     run["reasons"] = _json(run["reasons"]) or []
@@ -200,6 +210,7 @@ def run_summary(conn, run_id: str, dag_id: str | None = None, revision: int | No
         run["abstention_elevated"] = bool(run["abstention_elevated"])
     for key in ("created_at", "recorded_at"):
         run[key] = as_utc_timestamp(run[key])
+    run["revised"] = revision_trail(run)
     return run
 
 
@@ -315,7 +326,13 @@ def method_costs(
 def trend(conn, *, model: str | None = None, days: int = 30) -> pd.DataFrame:
     """Per model and UTC day over the last ``days`` days: n_runs, n_samples, abstention_rate and
     mean_risk (sample-weighted over current runs), worst_tier."""
-    cutoff = (utc_now() - timedelta(days=int(days))).date()
+    try:
+        n_days = operator.index(days)
+    except TypeError:
+        n_days = -1
+    if not 0 <= n_days <= MAX_TREND_DAYS:
+        raise InputError(f"trend: days must be a whole number from 0 to {MAX_TREND_DAYS}, got {days!r}")
+    cutoff = (utc_now() - timedelta(days=n_days)).date()
     where, params = ["day >= :cutoff"], {"cutoff": dialect_of(conn).bind_date(cutoff)}
     if model is not None:
         where.append("model = :model")
@@ -378,7 +395,9 @@ def rmf_coverage(conn, *, model: str | None = None) -> pd.DataFrame:
 
 
 def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> int:
-    """Stream every current run's samples (EXPORT_COLUMNS; lists joined by ';') to CSV at ``path``."""
+    """Stream every current run's samples (EXPORT_COLUMNS; lists joined by ';') to CSV at ``path``.
+    Every cell goes through ``certrisk.schemas.spreadsheet.safe_cell``: text a spreadsheet would
+    run as a formula (a sample id ``=HYPERLINK(...)``) is written as text."""
     where, params = ["is_current = 1"], {}
     _model_and_dates(conn, where, params, model=model, since=since, until=until)
     sql = (
@@ -393,7 +412,7 @@ def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> 
     abstained = EXPORT_COLUMNS.index("abstained")
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(EXPORT_COLUMNS)
+        writer.writerow([safe_cell(c) for c in EXPORT_COLUMNS])
         result = conn.execution_options(stream_results=True, yield_per=10_000).execute(sa.text(sql), params)
         for row in result:
             out = list(row)
@@ -405,6 +424,6 @@ def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> 
                 stamp = datetime.fromisoformat(stamp)
             if isinstance(stamp, datetime):
                 out[created] = as_utc(stamp).isoformat()
-            writer.writerow(out)
+            writer.writerow([safe_cell(v) for v in out])
             n += 1
     return n

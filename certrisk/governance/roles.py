@@ -1,20 +1,31 @@
 """PostgreSQL access tiers (``certrisk db grant``).
 
-Four group roles (NOLOGIN; grant them to login users: ``GRANT certrisk_compliance TO alice``):
+Five group roles (NOLOGIN; grant them to login users: ``GRANT certrisk_compliance TO alice``):
 
 * ``certrisk_writer`` (the pipeline): SELECT and INSERT on the record tables, nothing else. No
   UPDATE, no DELETE, no TRUNCATE: a record, once written, cannot be changed through this role.
+  On ``pipeline_run`` it may insert every column but ``supersedes_id`` and ``revision_reason``:
+  it records first revisions only, never supersedes one.
+* ``certrisk_reviser``: what the writer may, and supersede a run (a revision with
+  ``supersedes_id`` and a ``revision_reason``). Grant it to the people who may correct a record,
+  not to the pipeline. Every revision shows as "revised", with the previous tier, who and why.
 * ``certrisk_engineer``: reads every record table, raw certificates included, and the views; not
   the audit log.
-* ``certrisk_compliance``: reads the views only: v_run_summary, v_sample_risk (tiers and factors),
-  v_rmf_evidence, v_rmf_subcategory, v_daily_trend, v_drift_test (per-test drift outcomes),
-  v_rule_result (per-expectation outcomes) and v_method_cost (per-method counts, shares, time,
-  memory and forward passes; aggregates only). Selecting from ``certificate`` (radii,
-  p_lower) or any table is denied: certificates guide attackers.
+* ``certrisk_compliance``: reads the views only: v_run_summary (with the supersede trail),
+  v_sample_risk (tiers and factors), v_rmf_evidence, v_rmf_subcategory, v_daily_trend,
+  v_drift_test (per-test drift outcomes), v_rule_result (per-expectation outcomes), v_method_cost
+  (per-method counts, shares, time, memory and forward passes; aggregates only), v_evaluation and
+  v_evaluation_result (measured detection per attack family and budget: aggregates). Selecting
+  from ``certificate`` (radii, p_lower) or any table is denied: certificates guide attackers.
 * ``certrisk_auditor``: reads everything, the audit log included.
 
+No role may insert ``pipeline_run.recorded_by``: its default, ``session_user``, records the login
+that wrote each revision, so the supersede trail names who really did.
+
 SQLite has no roles: it is a single-user file, and whoever can read the file reads everything,
-certificates included. Use PostgreSQL wherever access tiers matter.
+certificates included, and can write anything, revisions included (``recorded_by`` is then the
+operating-system user the writing process reports; nothing enforces it). Use PostgreSQL wherever
+access tiers or the supersede trail matter; ``certrisk verify`` still detects edits on both.
 """
 
 from __future__ import annotations
@@ -22,29 +33,53 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from certrisk.governance.engine import StoreEngines
+from certrisk.governance.record_tables import run_table
 from certrisk.schemas.errors import StoreError
 
-WRITER, ENGINEER, COMPLIANCE, AUDITOR = (
+WRITER, REVISER, ENGINEER, COMPLIANCE, AUDITOR = (
     "certrisk_writer",
+    "certrisk_reviser",
     "certrisk_engineer",
     "certrisk_compliance",
     "certrisk_auditor",
 )
-ROLES = (WRITER, ENGINEER, COMPLIANCE, AUDITOR)
+ROLES = (WRITER, REVISER, ENGINEER, COMPLIANCE, AUDITOR)
 RECORD_TABLES = (
     "model", "policy", "pipeline_run", "sample_risk", "certificate", "rule_sample", "rule_result",
-    "drift_test", "rmf_evidence", "audit_log",
+    "drift_test", "rmf_evidence", "evaluation", "evaluation_result", "audit_log",
 )  # fmt: skip
 VIEWS = (
     "v_run_summary", "v_sample_risk", "v_rmf_evidence", "v_rmf_subcategory", "v_daily_trend", "v_drift_test",
-    "v_rule_result", "v_method_cost",
+    "v_rule_result", "v_method_cost", "v_evaluation", "v_evaluation_result",
 )  # fmt: skip
+#: pipeline_run columns no role inserts (the database fills them).
+FILLED_BY_DATABASE = ("id", "recorded_by")
+#: pipeline_run columns only the reviser inserts.
+REVISION_COLUMNS = ("supersedes_id", "revision_reason")
 
 
-def grant_statements(database: str) -> list[str]:
-    """The SQL ``grant_roles`` runs (idempotent: privileges are reset, then granted)."""
-    tables = [*RECORD_TABLES, "rmf_subcategory", "alembic_version"]
-    everything = ", ".join([*tables, *VIEWS])
+def grant_statements(database: str, present: dict[str, set[str]] | None = None) -> list[str]:
+    """The SQL ``grant_roles`` runs (idempotent: privileges are reset, then granted).
+
+    ``present``: {relation: its columns} of the database; relations and pipeline_run columns it
+    lacks (a schema at an older revision) are left out. None: every one of this revision.
+    """
+
+    def there(name: str) -> bool:
+        return present is None or name in present
+
+    records = [t for t in RECORD_TABLES if there(t)]
+    tables = [*records, "rmf_subcategory", "alembic_version"]
+    views = [v for v in VIEWS if there(v)]
+    everything = ", ".join([*tables, *views])
+    others = ", ".join(t for t in records if t != "pipeline_run")
+    run_columns = [
+        c.name for c in run_table.c if present is None or c.name in present.get("pipeline_run", ())
+    ]
+
+    def insertable(*excluded: str) -> str:
+        return ", ".join(f'"{c}"' for c in run_columns if c not in excluded)
+
     stmts = []
     for role in ROLES:
         stmts.append(
@@ -57,22 +92,57 @@ def grant_statements(database: str) -> list[str]:
             f"REVOKE ALL ON {everything} FROM {role}",
             f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}",
         ]
+    stmts.append(f"REVOKE ALL ON {everything} FROM PUBLIC")
+    for role, excluded in ((WRITER, (*FILLED_BY_DATABASE, *REVISION_COLUMNS)), (REVISER, FILLED_BY_DATABASE)):
+        stmts += [
+            f"GRANT SELECT ON {', '.join(records)} TO {role}",
+            f"GRANT INSERT ON {others} TO {role}",
+            f"GRANT INSERT ({insertable(*excluded)}) ON pipeline_run TO {role}",
+            f"GRANT SELECT ON rmf_subcategory, alembic_version TO {role}",
+            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        ]
     stmts += [
-        f"REVOKE ALL ON {everything} FROM PUBLIC",
-        f"GRANT SELECT, INSERT ON {', '.join(RECORD_TABLES)} TO {WRITER}",
-        f"GRANT SELECT ON rmf_subcategory, alembic_version TO {WRITER}",
-        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {WRITER}",
-        f"GRANT SELECT ON {', '.join(t for t in tables if t != 'audit_log')}, {', '.join(VIEWS)} TO {ENGINEER}",
-        f"GRANT SELECT ON {', '.join(VIEWS)} TO {COMPLIANCE}",
+        f"GRANT SELECT ON {', '.join(t for t in tables if t != 'audit_log')}, {', '.join(views)} TO {ENGINEER}",
+        f"GRANT SELECT ON {', '.join(views)} TO {COMPLIANCE}",
         f"GRANT SELECT ON {everything} TO {AUDITOR}",
     ]
     return stmts
 
 
-def grant_roles(url: str) -> list[str]:
-    """Create the four roles (if missing) and grant each its tier on the database at ``url``.
+def tiers_granted(conn) -> bool:
+    """Whether ``certrisk db grant`` ran on this PostgreSQL database (the writer role exists and
+    may read pipeline_run)."""
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :r) "
+                "AND has_table_privilege(:r, 'pipeline_run', 'SELECT')"
+            ),
+            {"r": WRITER},
+        ).scalar()
+    )
 
-    Run as the database owner after ``certrisk db upgrade``. Returns the role names.
+
+def apply_grants(conn) -> None:
+    """Run ``grant_statements`` on the open connection's database (as its owner), for the
+    relations and columns its schema has."""
+    database = conn.execute(sa.text("SELECT current_database()")).scalar_one()
+    present: dict[str, set[str]] = {}
+    for table, column in conn.execute(
+        sa.text(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+        )
+    ):
+        present.setdefault(table, set()).add(column)
+    for stmt in grant_statements(database, present):
+        conn.execute(sa.text(stmt))
+
+
+def grant_roles(url: str) -> list[str]:
+    """Create the five roles (if missing) and grant each its tier on the database at ``url``.
+
+    Run as the database owner after the first ``certrisk db upgrade``; later upgrades re-apply
+    the tiers themselves (``GovernanceStore.upgrade``). Returns the role names.
     """
     engines = StoreEngines(url)
     if engines.dialect.name != "postgresql":
@@ -82,9 +152,7 @@ def grant_roles(url: str) -> list[str]:
         )
     try:
         with engines.begin("grant") as conn:
-            database = conn.execute(sa.text("SELECT current_database()")).scalar_one()
-            for stmt in grant_statements(database):
-                conn.execute(sa.text(stmt))
+            apply_grants(conn)
     finally:
         engines.dispose()
     return list(ROLES)

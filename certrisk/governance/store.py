@@ -6,16 +6,21 @@ Usage::
     store.upgrade()                       # Alembic upgrade head + the NIST AI RMF catalog
     result = store.write_run(record)      # WriteResult(status, run_pk, revision, manifest_digest)
     store.list_runs(model="digits", tier="high")
+    store.write_evaluation("digits", policy_text, reference_sha256, frame, meta)
     store.verify()                        # VerifyReport(ok, first_bad_run, first_bad_row, message)
 
-Writes. ``write_run`` validates the whole payload first (nothing is written on bad input), then
-writes the run in one transaction: the run row, every per-sample and per-test row by bulk insert
-(``executemany`` on SQLite, ``COPY`` in text blocks on PostgreSQL) and one audit-chain entry. The key is
-(dag_id, run_id): writing the same payload again returns status "already recorded" and changes
-nothing; a different payload raises ``RecordConflictError`` unless ``supersede=True``, which
-appends revision n+1 linked to revision n (queries show the current revision). Two writers racing
-on one key are resolved by the unique constraint on (dag_id, run_id, revision): the loser
-re-reads and reports "already recorded" (same payload) or the conflict.
+Writes. ``write_run`` validates the whole payload first (nothing is written on bad input; every
+summary figure the rows determine is derived from them, and a supplied one that disagrees is
+refused), then writes the run in one transaction: the run row, every per-sample and per-test row
+by bulk insert (``executemany`` on SQLite, ``COPY`` in text blocks on PostgreSQL) and one
+audit-chain entry. The key is (dag_id, run_id): writing the same payload again returns status
+"already recorded" and changes nothing; a different payload raises ``RecordConflictError`` unless
+``supersede=True`` with a ``reason``, which appends revision n+1 linked to revision n (queries
+show the current revision, marked revised with the previous tier, who and why; on PostgreSQL
+only the reviser role may). Two writers racing on one key are resolved by the unique constraint
+on (dag_id, run_id, revision): the loser re-reads and reports "already recorded" (same payload)
+or the conflict. ``write_evaluation`` records a measured-detection evaluation the same way
+(``certrisk.governance.evaluations``).
 
 Models. By default a write registers the model version (name, sha256) it names. With
 ``require_registered_model=True`` a write for a model version nobody registered with
@@ -29,9 +34,10 @@ backend, with access tiers from ``certrisk.governance.roles``. What differs betw
 in one dialect object (``certrisk.governance.engine``).
 
 Layout. This class is a facade: ``engine`` (engines, connections, dialects, error translation),
-``payload`` (validation into canonical rows), ``write`` (the write transaction), ``queries``
-(views, compliance-visible), ``raw_reads`` (raw tables) and ``verify`` (the audit chain) do the
-work. ``connect(action)`` hands callers such as ``certrisk.reports`` a read connection for the
+``payload`` and ``summary_figures`` (validation into canonical rows), ``evaluations``
+(evaluation records), ``write`` and ``audit_log`` (the write transaction, the chain appends),
+``queries`` (views, compliance-visible), ``raw_reads`` (raw tables) and ``verify`` (the audit
+chain) do the work. ``connect(action)`` hands callers such as ``certrisk.reports`` a read connection for the
 functions of ``queries`` and ``raw_reads``.
 
 Errors. Bad input: ``InputError``. An unreachable database (or a locked SQLite file past the
@@ -47,12 +53,16 @@ import pandas as pd
 import sqlalchemy as sa
 
 from certrisk.governance import queries
+from certrisk.governance.audit_log import chain_existing_records
 from certrisk.governance.chain import VerifyReport
 from certrisk.governance.engine import StoreEngines, mask_url
+from certrisk.governance.evaluations import latest_evaluation, prepare_evaluation
 from certrisk.governance.payload import RunRecord, prepare
 from certrisk.governance.raw_reads import read_run
+from certrisk.governance.roles import apply_grants, tiers_granted
 from certrisk.governance.verify import verify_store
 from certrisk.governance.write import RunWriter, WriteResult
+from certrisk.schemas.clock import utc_now
 from certrisk.schemas.errors import StoreError
 from certrisk.schemas.rmf import catalog
 from certrisk.schemas.settings import default_db_url
@@ -68,6 +78,10 @@ def migrations_config(connection=None):
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
+
+
+#: The revision from which model and policy rows have audit entries of their own.
+RECORDS_CHAINED_FROM = "0005"
 
 
 def _load_catalog(conn) -> None:
@@ -131,12 +145,33 @@ class GovernanceStore:
 
     # ------------------------------------------------------------------ schema
     def upgrade(self, revision: str = "head") -> None:
-        """Apply the Alembic migrations up to ``revision`` and load the NIST AI RMF catalog."""
-        from alembic import command  # alembic only for schema changes: not on every import
+        """Apply the Alembic migrations up to ``revision`` and load the NIST AI RMF catalog.
 
+        Crossing 0005 chains the model and policy rows written before it (the chain head
+        changes: publish the new one). On PostgreSQL, where ``certrisk db grant`` ran before, the
+        access tiers are applied again, so new tables and views are covered and a role loses
+        what a revision takes from it (0005: the writer's right to supersede)."""
+        from alembic import command  # alembic only for schema changes: not on every import
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        tiers = self._engines.dialect.has_access_tiers
         with self._engines.begin("upgrade") as conn:
-            command.upgrade(migrations_config(conn), revision)
+            before = MigrationContext.configure(conn).get_current_revision()
+            regrant = tiers and before is not None and tiers_granted(conn)
+            config = migrations_config(conn)
+            command.upgrade(config, revision)
             _load_catalog(conn)
+            after = MigrationContext.configure(conn).get_current_revision()
+            script = ScriptDirectory.from_config(config)
+            if (
+                before is not None
+                and after is not None
+                and _crosses(script, before, after, RECORDS_CHAINED_FROM)
+            ):
+                chain_existing_records(conn, utc_now())
+            if regrant:  # new tables and views, and what a revision takes from a role
+                apply_grants(conn)
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext  # as in upgrade
@@ -154,9 +189,26 @@ class GovernanceStore:
         """Register a model version (idempotent); returns its id."""
         return self._writer().register_model(name, sha256, format=format, description=description)
 
-    def write_run(self, record: RunRecord, *, supersede: bool = False) -> WriteResult:
-        """Record one run exactly once (see the module docstring for the semantics)."""
-        return self._writer().write(prepare(record), supersede=supersede)
+    def write_run(
+        self, record: RunRecord, *, supersede: bool = False, reason: str | None = None
+    ) -> WriteResult:
+        """Record one run exactly once (see the module docstring for the semantics). ``supersede``
+        with a ``reason`` records a different payload as a new revision."""
+        return self._writer().write(prepare(record), supersede=supersede, reason=reason)
+
+    def write_evaluation(
+        self, model: str, policy: str, reference_sha256: str, frame, meta: dict
+    ) -> WriteResult:
+        """Record one evaluation of ``model``'s measured detection exactly once.
+
+        ``policy``: the policy file's text. ``frame``: one row per attack family and budget
+        (``certrisk.schemas.columns.EVALUATION_COLUMNS``). ``meta``: ``model_sha256``, ``n_clean``,
+        ``created_at`` and ``seeds`` (or ``seed``) are required; ``policy_sha256`` and
+        ``reference_sha256`` are checked when given; ``evaluation_id`` joins the key; everything
+        else is stored as metadata. See ``certrisk.governance.evaluations``.
+        """
+        prepared = prepare_evaluation(model, policy, reference_sha256, frame, meta)
+        return self._writer().write_evaluation(prepared)
 
     # ------------------------------------------------------------------ reads
     def get_run(self, dag_id: str, run_id: str, revision: int | None = None) -> dict:
@@ -204,6 +256,11 @@ class GovernanceStore:
         with self.connect("trend") as conn:
             return queries.trend(conn, model=model, days=days)
 
+    def latest_evaluation(self, model: str) -> dict | None:
+        """The newest recorded evaluation of ``model`` (compliance views), or None."""
+        with self.connect("latest_evaluation") as conn:
+            return latest_evaluation(conn, model)
+
     def rmf_coverage(self, model: str | None = None) -> pd.DataFrame:
         """All 72 NIST AI RMF subcategories with the evidence recorded for ``model``'s current runs."""
         with self.connect("rmf_coverage") as conn:
@@ -218,6 +275,12 @@ class GovernanceStore:
         """Recompute every digest and link of the audit chain; see ``certrisk.governance.verify``."""
         with self.connect("verify") as conn:
             return verify_store(conn, expected_head=expected_head)
+
+
+def _crosses(script, before: str, after: str, target: str) -> bool:
+    """Whether an upgrade from ``before`` to ``after`` applied ``target``."""
+    applied = {rev.revision for rev in script.iterate_revisions(after, before)}
+    return target in applied
 
 
 __all__ = [

@@ -128,7 +128,8 @@ def _run_rows(runs: pd.DataFrame) -> list[dict]:
             "abstention": fmt_pct(r.abstention_rate),
             "mean_risk": fmt_num(r.mean_risk),
             "drift": "detected" if r.drift else "-",
-            "reason": str((r.reasons or ["-"])[0]),
+            # a superseding revision shows first: the previous tier, who and why
+            "reason": "; ".join(t for t in (r.revised, str((r.reasons or ["-"])[0])) if t),
         }
         for r in runs.itertuples(index=False)
     ]

@@ -45,15 +45,21 @@ def _policy(text: str | None):
 def _tier_section(data: RunData) -> Section:
     run = data.run
     reasons = [str(r) for r in run["reasons"]] or ["no rule of the batch score fired: tier low"]
+    paragraphs = [
+        (
+            f"Batch tier {run['tier']} for {run['n_samples']} samples of batch {run['batch']} "
+            f"(model {run['model']}, recorded {fmt_time(run['recorded_at'])})."
+        )
+    ]
+    if run.get("revised"):  # a superseding revision: the record was changed after it was first written
+        paragraphs.append(
+            f"This record was {run['revised']}. The earlier revision stays recorded and verifiable; "
+            f"--all-revisions in `certrisk runs` lists it."
+        )
     return Section(
         "tier",
         "Batch tier and reasons",
-        paragraphs=[
-            (
-                f"Batch tier {run['tier']} for {run['n_samples']} samples of batch {run['batch']} "
-                f"(model {run['model']}, recorded {fmt_time(run['recorded_at'])})."
-            )
-        ],
+        paragraphs=paragraphs,
         bullets=reasons,
         notes=["Tier low means no factor of the score fired; it is not evidence that a sample is benign."],
     )
@@ -255,6 +261,8 @@ def _provenance_section(data: RunData, policy) -> Section:
     facts = [
         ("certrisk version", str(run["package_version"])),
         ("DAG and run", f"{run['dag_id']} / {run['run_id']} (revision {run['revision']}{superseded})"),
+        ("Recorded by", str(run.get("recorded_by") or "not recorded (written before certrisk kept it)")),
+        *([("Revision", str(run["revised"]))] if run.get("revised") else []),
         ("Batch", str(run["batch"])),
         ("Created / recorded", f"{fmt_time(run['created_at'])} / {fmt_time(run['recorded_at'])}"),
         ("Model", f"{run['model']} sha256 {run['model_sha256']}"),
@@ -270,8 +278,12 @@ def _provenance_section(data: RunData, policy) -> Section:
 def _headline(data: RunData) -> list[tuple[str, str]]:
     run = data.run
     high = int(data.samples["tier"].isin(FLAGGED_TIERS).sum())
+    revised = (
+        [("Revised", f"yes: was tier {run.get('previous_tier') or 'unknown'}")] if run.get("revised") else []
+    )
     return [
         ("Batch tier", str(run["tier"])),
+        *revised,
         ("Samples", f"{int(run['n_samples']):,}"),
         ("Abstention rate", fmt_pct(run["abstention_rate"])),
         ("Mean risk", fmt_num(run["mean_risk"])),

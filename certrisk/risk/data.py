@@ -3,8 +3,23 @@
 A batch is a parquet file or an ``.npz`` archive holding a sample id column (optional: derived as
 ``<batch_id>:<row>`` when absent), feature columns and optionally a label column. Validation fails
 with an InputError naming the file, column, row and sample id at fault: unreadable or pickled
-files, empty batches, duplicate ids, missing or unexpected features, non-numeric columns, NaN/inf,
-and feature counts that do not match the model's input shape.
+files, empty or one-row batches, duplicate ids, missing or unexpected features, non-numeric
+columns, NaN/inf, values beyond float32's range (the model computes in float32: they would become
+inf), and feature counts that do not match the model's input shape.
+
+Labels. A batch may carry the policy's label column (``data.label_column``, default ``label``;
+in an npz, the array ``y``): integers, one per sample. It is never a feature: it is kept on the
+``Batch`` (``labels``) for evaluation (measured detection needs ground truth) and left out of the
+staged frame (``Batch.to_frame``) the pipeline's tasks read.
+
+npz archives. ``X`` holds the samples, of shape (n_samples, ...); ``sample_id`` (strings) and
+``y`` (integer labels), when present, hold one value per sample; ``feature_names`` (strings),
+when present, names the flattened features in order. Without ``feature_names`` the features are
+matched by position to the expected features (the reference set's, or the policy's
+``feature_columns``): the archive's flattened order must be the reference's column order.
+
+One-row batches are refused (``MIN_BATCH_ROWS``): the batch's drift tests compare two
+distributions and need at least two samples; score a single sample within a batch of two or more.
 """
 
 from __future__ import annotations
@@ -21,6 +36,14 @@ from certrisk.risk.inputs import sample_matrix
 from certrisk.schemas.columns import SAMPLE_ID
 from certrisk.schemas.errors import InputError
 from certrisk.schemas.policy import DataSpec
+
+#: Fewest rows a batch file may hold (the drift tests need two samples).
+MIN_BATCH_ROWS = 2
+#: Largest magnitude a feature may have: the model computes in float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: ``DataFrame.attrs`` flag of a frame read from an npz without feature names: its columns
+#: f0..fN are positions, matched to the expected features in order.
+POSITIONAL_FEATURES = "certrisk_positional_features"
 
 
 @dataclass(frozen=True)
@@ -49,11 +72,12 @@ class Batch:
         """Features reshaped for the model: array of shape (n_samples, *input_shape)."""
         return self.features.reshape((len(self),) + tuple(input_shape))
 
-    def to_frame(self) -> pd.DataFrame:
-        """sample_id, then one column per feature (and ``label`` when present)."""
+    def to_frame(self, *, labels: bool = False) -> pd.DataFrame:
+        """sample_id, then one column per feature: what the pipeline's tasks read. With
+        ``labels=True`` also ``label`` (when the batch has labels)."""
         frame = pd.DataFrame(self.features, columns=list(self.feature_names))
         frame.insert(0, SAMPLE_ID, pd.array(self.ids, dtype="string"))
-        if self.labels is not None:
+        if labels and self.labels is not None:
             frame["label"] = self.labels
         return frame
 
@@ -74,8 +98,67 @@ class Batch:
         return Batch(self.batch_id, self.ids[rows], self.features[rows], self.feature_names, labels)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a parquet file or an npz archive (arrays ``X`` and optionally ``sample_id``, ``y``) as a frame.
+def _npz_array(archive, name: str, p: Path) -> np.ndarray:
+    try:
+        return archive[name]
+    except ValueError as exc:  # numpy refuses object arrays when allow_pickle=False
+        raise InputError(
+            f"{p}: npz array {name!r} holds Python objects ({exc}); pickled data is refused"
+        ) from None
+
+
+def _npz_names(archive, p: Path, width: int) -> tuple[list[str], bool]:
+    """The feature names of an npz (its ``feature_names`` array), or positions f0..fN."""
+    if "feature_names" not in archive.files:
+        return [f"f{i}" for i in range(width)], True
+    names = _npz_array(archive, "feature_names", p)
+    if (
+        names.ndim != 1
+        or names.dtype.kind not in "US"
+        or len(names) != width
+        or len(set(names.tolist())) != width
+    ):
+        raise InputError(
+            f"{p}: npz array 'feature_names' must hold {width} distinct strings (one per flattened feature of "
+            f"'X'), got shape {names.shape}, dtype {names.dtype}"
+        )
+    return [str(n) for n in names.tolist()], False
+
+
+def _read_npz(p: Path, label_column: str) -> pd.DataFrame:
+    try:
+        archive = np.load(p, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable npz archive: {exc}") from None
+    with archive:
+        if "X" not in archive.files:
+            raise InputError(f"{p}: npz archive has no array 'X' (found {archive.files})")
+        x = _npz_array(archive, "X", p)
+        if x.ndim == 0:
+            raise InputError(f"{p}: npz array 'X' is 0-d (one value); a batch has shape (n_samples, ...)")
+        width = int(np.prod(x.shape[1:]))
+        names, positional = _npz_names(archive, p, width)
+        frame = pd.DataFrame(x.reshape(len(x), width), columns=names)
+        for key, column in ((SAMPLE_ID, SAMPLE_ID), ("y", label_column)):
+            if key not in archive.files:
+                continue
+            values = _npz_array(archive, key, p)
+            if values.shape != (len(x),):
+                raise InputError(
+                    f"{p}: npz array {key!r} has shape {values.shape} but 'X' has {len(x)} rows: it needs one "
+                    "value per sample"
+                )
+            if key == SAMPLE_ID:
+                frame.insert(0, column, values.astype(str))
+            else:
+                frame[column] = values
+    frame.attrs[POSITIONAL_FEATURES] = positional
+    return frame
+
+
+def read_table(path: str | Path, *, label_column: str | None = "label") -> pd.DataFrame:
+    """Read a parquet file or an npz archive as a frame (see the module docstring for the npz
+    layout: ``X``, optional ``sample_id``, ``y`` as ``label_column``, ``feature_names``).
 
     npz archives are read with ``allow_pickle=False``: object arrays are refused.
     """
@@ -89,26 +172,33 @@ def read_table(path: str | Path) -> pd.DataFrame:
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for corrupt files
             raise InputError(f"{p}: not a readable parquet file: {exc}") from None
     if suffix == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as archive:
-                if "X" not in archive.files:
-                    raise InputError(f"{p}: npz archive has no array 'X' (found {archive.files})")
-                x = archive["X"]
-                frame = pd.DataFrame(
-                    x.reshape(len(x), -1), columns=[f"f{i}" for i in range(int(np.prod(x.shape[1:])))]
-                )
-                if SAMPLE_ID in archive.files:
-                    frame.insert(0, SAMPLE_ID, archive[SAMPLE_ID].astype(str))
-                if "y" in archive.files:
-                    frame["label"] = archive["y"]
-                return frame
-        except ValueError as exc:
-            raise InputError(
-                f"{p}: npz archive holds object arrays or is malformed ({exc}); pickled data is refused"
-            ) from None
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InputError(f"{p}: not a readable npz archive: {exc}") from None
+        return _read_npz(p, label_column or "label")
     raise InputError(f"{p}: unsupported batch format {suffix!r}; use .parquet or .npz")
+
+
+def _positional(
+    frame: pd.DataFrame, expected: tuple[str, ...], present: list[str], source: str
+) -> pd.DataFrame:
+    """An npz frame without feature names, its positions renamed to the ``expected`` features."""
+    if len(present) != len(expected):
+        raise InputError(
+            f"{source}: the npz archive has {len(present)} features per sample but {len(expected)} are expected "
+            f"({list(expected[:5])}{' ...' if len(expected) > 5 else ''}); add a 'feature_names' array or "
+            "match the reference's features"
+        )
+    return frame.rename(columns=dict(zip(present, expected, strict=True)))
+
+
+def _check_float32_range(features: np.ndarray, names, ids, source: str) -> None:
+    """Refuse values the model's float32 arithmetic would turn into inf."""
+    beyond = np.abs(features) > FLOAT32_MAX
+    if beyond.any():
+        row, col = (int(i) for i in np.argwhere(beyond)[0])
+        raise InputError(
+            f"{source}: value {float(features[row, col])!r} in column {names[col]!r}, row {row} "
+            f"(sample_id {ids[row]!r}) is beyond float32's range (+-{FLOAT32_MAX:.7g}), in which the model "
+            f"computes; {int(beyond.sum())} value(s) affected"
+        )
 
 
 def validate_frame(
@@ -145,6 +235,9 @@ def validate_frame(
         )
     expected = feature_names or spec.feature_columns
     present = [c for c in frame.columns if c not in (id_col, label_col)]
+    if expected is not None and frame.attrs.get(POSITIONAL_FEATURES):
+        frame = _positional(frame, tuple(expected), present, source)
+        present = list(expected)
     if expected is not None:
         expected = tuple(expected)
         missing = [c for c in expected if c not in frame.columns]
@@ -162,6 +255,7 @@ def validate_frame(
             f"{source}: {len(names)} feature columns, but the model's input shape needs {n_features}"
         )
     features = sample_matrix(frame, what=source, features=names, ids=ids)
+    _check_float32_range(features, names, ids, source)
     labels = None
     if label_col is not None:
         lab = frame[label_col]
@@ -179,9 +273,15 @@ def load_batch(
     batch_id: str | None = None,
     feature_names: tuple[str, ...] | None = None,
 ) -> Batch:
-    """Read and validate a batch file. See ``validate_frame`` for the checks."""
+    """Read and validate a batch file. See ``validate_frame`` for the checks; a file with fewer
+    than ``MIN_BATCH_ROWS`` rows is refused (see the module docstring)."""
     p = Path(path)
-    frame = read_table(p)
+    frame = read_table(p, label_column=spec.label_column)
+    if 0 < len(frame) < MIN_BATCH_ROWS:
+        raise InputError(
+            f"{p}: {len(frame)} row; a batch needs at least {MIN_BATCH_ROWS} (its drift tests compare "
+            "distributions): score a single sample within a batch of two or more"
+        )
     return validate_frame(
         frame,
         spec=spec,

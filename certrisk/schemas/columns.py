@@ -119,6 +119,14 @@ CONTEXT_COLUMNS = MappingProxyType(
     }
 )
 
+#: Signals that do not trust the certificate, one row per sample and signal (``signal`` names a
+#: factor of SIGNAL_FACTORS): the raw ``score`` (reference-neighbour disagreement in [0, 1]), its
+#: conformal ``p_value`` among the reference's signal role (explanation only; discrete) and the
+#: ``factor`` in [0, 1] the scorer weighs (a continuous calibrated scale of the score).
+SIGNAL_COLUMNS = MappingProxyType(
+    {SAMPLE_ID: "string", "signal": "string", "score": "float64", "p_value": "float64", "factor": "float64"}
+)
+
 #: Per-sample risk record. ``factor_<name>`` columns hold each factor's contribution, one per
 #: factor of ``FACTORS`` (risk factors in [0, 1], defined in certrisk.schemas.factors);
 #: ``top_factors`` lists factor names with a positive contribution, largest first;
@@ -137,6 +145,42 @@ SAMPLE_RISK_COLUMNS = MappingProxyType(
         "top_factors": "object",
         "rmf_ids": "object",
     }
+)
+
+#: One row per attack family and budget of an evaluation of measured detection
+#: (``certrisk.risk.evaluate``'s result, recorded by ``GovernanceStore.write_evaluation``):
+#: the budget (``budget_fraction`` of the data's geometry, ``eps`` in the family's ``norm``),
+#: counts, rates and shares in [0, 1], the AUROC of sample risk (successful attacks against clean
+#: samples), the batch tier of the attacked set, and the same for the certificate-only score
+#: (``cert_*``). Aggregates only: no radius, no confidence bound.
+EVALUATION_COLUMNS = MappingProxyType(
+    {
+        "family": "string",
+        "norm": "string",
+        "budget_fraction": "float64",
+        "eps": "float64",
+        "scored": "bool",
+        "adaptive": "bool",
+        "n_attacked": "int64",
+        "n_successful": "int64",
+        "success_rate": "float64",
+        "misclassified_rate": "float64",
+        "abstention_rate": "float64",
+        "auroc": "float64",
+        "share_high": "float64",
+        "share_medium": "float64",
+        "clean_false_alarm": "float64",
+        "batch_tier": "string",
+        "cert_auroc": "float64",
+        "cert_share_high": "float64",
+        "cert_share_medium": "float64",
+        "cert_clean_false_alarm": "float64",
+        "seconds": "float64",
+    }
+)
+#: Columns of EVALUATION_COLUMNS a result frame may leave out (stored as NULL).
+OPTIONAL_EVALUATION_COLUMNS = frozenset(
+    {"scored", "adaptive", "misclassified_rate", "cert_share_medium", "seconds"}
 )
 
 #: ``attrs`` key of a scored sample_risk frame: ids of the samples that abstained because their

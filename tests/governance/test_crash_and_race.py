@@ -78,5 +78,7 @@ def test_two_processes_write_the_same_run_once(store, tmp_path):
         assert child.returncode == 0, err
     assert sorted(out.strip() for out, _ in results) == ["already recorded", "written"]
     counts = _counts(store)
-    assert (counts["pipeline_run"], counts["sample_risk"], counts["audit_log"]) == (1, 3000, 1)
+    # one entry for the run, one each for its model and policy rows (created by the winner)
+    assert (counts["pipeline_run"], counts["sample_risk"], counts["audit_log"]) == (1, 3000, 3)
+    assert (counts["model"], counts["policy"]) == (1, 1)
     assert store.verify().ok

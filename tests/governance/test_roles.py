@@ -8,11 +8,12 @@ import uuid
 import psycopg
 import pytest
 import sqlalchemy as sa
-from records import make_record
+from records import POLICY_TEXT, make_record
+from test_evaluations import REFERENCE_SHA, meta, result_frame
 
 from certrisk.governance import GovernanceStore, queries
 from certrisk.governance.facts import BatchFacts
-from certrisk.governance.roles import AUDITOR, COMPLIANCE, ENGINEER, WRITER, grant_roles
+from certrisk.governance.roles import AUDITOR, COMPLIANCE, ENGINEER, REVISER, WRITER, grant_roles
 from certrisk.schemas.errors import StoreError
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -23,12 +24,13 @@ def granted(pg_url):
     store = GovernanceStore(pg_url)
     store.upgrade()
     store.write_run(make_record("run-1", 20))
+    store.write_evaluation("digits", POLICY_TEXT, REFERENCE_SHA, result_frame(), meta())
     store.dispose()
     grant_roles(pg_url)
     grant_roles(pg_url)  # idempotent
     users = {}
     with psycopg.connect(ADMIN, autocommit=True) as conn:
-        for role in (WRITER, ENGINEER, COMPLIANCE, AUDITOR):
+        for role in (WRITER, REVISER, ENGINEER, COMPLIANCE, AUDITOR):
             user = f"t_{role.split('_')[1]}_{uuid.uuid4().hex[:8]}"
             conn.execute(f"CREATE ROLE {user} LOGIN IN ROLE {role}")
             users[role] = user
@@ -79,8 +81,11 @@ def test_compliance_reads_views_only(granted):
         "v_drift_test",
         "v_rule_result",
         "v_method_cost",
+        "v_evaluation",
+        "v_evaluation_result",
     ):
         assert _can(url, f"SELECT * FROM {view}"), view
+    assert not _can(url, "SELECT * FROM evaluation_result")
     assert not _can(url, "SELECT * FROM drift_test")
     assert not _can(url, "SELECT * FROM rule_result")
     assert not _can(url, "SELECT radius FROM certificate")
@@ -100,6 +105,8 @@ def test_compliance_reads_views_only(granted):
         assert len(queries.run_evidence(conn, run["run_pk"])) == 3
         assert queries.models(conn) == ["digits"]
     assert BatchFacts.from_row(run).n_samples == 20
+    evaluation = store.latest_evaluation("digits")  # measured detection: aggregates, for compliance
+    assert evaluation["reference_sha256"] == REFERENCE_SHA and len(evaluation["results"]) == 4
     with pytest.raises(StoreError, match="permission denied"):
         store.get_run("certrisk_example", "run-1")
     with pytest.raises(StoreError, match="permission denied"):
@@ -135,29 +142,80 @@ def test_auditor_reads_everything_and_changes_nothing(granted):
     assert report.ok and report.runs_checked == 1
 
 
-def test_upgrade_keeps_the_grants_on_the_run_summary(pg_url):
-    """Migration 0003 replaces v_run_summary in place on PostgreSQL: roles granted before the
-    upgrade read its new columns without a second ``certrisk db grant``."""
+def _count(url, table) -> int:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_only_the_reviser_supersedes_and_the_trail_shows_who_and_why(granted):
+    """The pipeline's writer role cannot rewrite a past run (issue 14: it could, to tier low, and
+    compliance saw no sign); the reviser can, with a reason, and every view shows the revision
+    with the previous tier, the reviser's login and the reason."""
+    changed = make_record("run-1", 20, seed=5)
+    writer = GovernanceStore(granted[WRITER])
+    with pytest.raises(StoreError, match="superseding needs the certrisk_reviser role"):
+        writer.write_run(changed, supersede=True, reason="tier too high")
+    writer.dispose()
+    # entries: the model, the policy, run-1, the evaluation; nothing was added
+    assert _count(granted[AUDITOR], "pipeline_run") == 1 and _count(granted[AUDITOR], "audit_log") == 4
+    # nor by raw SQL: no column privilege on supersedes_id, revision_reason or recorded_by
+    assert not _can(granted[WRITER], "INSERT INTO pipeline_run (supersedes_id) VALUES (1)")
+    assert not _can(granted[REVISER], "INSERT INTO pipeline_run (recorded_by) VALUES ('someone else')")
+    reviser = GovernanceStore(granted[REVISER])
+    with pytest.raises(Exception, match="needs a reason"):
+        reviser.write_run(changed, supersede=True)
+    result = reviser.write_run(changed, supersede=True, reason="relabelled after review ticket 7")
+    assert (result.status, result.revision) == ("superseded", 2)
+    reviser.dispose()
+    compliance = GovernanceStore(granted[COMPLIANCE])
+    run = compliance.list_runs().iloc[0]
+    login = sa.make_url(granted[REVISER]).username
+    old_tier = make_record("run-1", 20).summary["tier"]
+    assert (run["revision"], run["previous_tier"], run["recorded_by"]) == (2, old_tier, login)
+    assert (
+        run["revised"]
+        == f"revised: revision 2 replaces tier {old_tier}; by {login}: relabelled after review ticket 7"
+    )
+    compliance.dispose()
+    assert GovernanceStore(granted[AUDITOR]).verify().ok
+
+
+def test_upgrade_keeps_and_extends_the_grants(pg_url):
+    """Migration 0003 (and 0005) replace v_run_summary in place on PostgreSQL: roles granted before
+    the upgrade read its new columns without a second ``certrisk db grant``; the upgrade applies
+    the tiers again for what is new (the evaluation views, the writer's column privileges)."""
     store = GovernanceStore(pg_url)
     store.upgrade("0002")
-    store.write_run(make_record("run-1", 10))
     store.dispose()
     grant_roles(pg_url)
     store.upgrade()
+    store.write_run(make_record("run-1", 10))
     store.dispose()
-    user = f"t_compliance_{uuid.uuid4().hex[:8]}"
+    users = {}
     with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {user} LOGIN IN ROLE {COMPLIANCE}")
+        for role in (COMPLIANCE, WRITER):
+            users[role] = f"t_{role.split('_')[1]}_{uuid.uuid4().hex[:8]}"
+            conn.execute(f"CREATE ROLE {users[role]} LOGIN IN ROLE {role}")
     dbname = sa.make_url(pg_url).database
     try:
-        url = f"postgresql+psycopg://{user}@127.0.0.1:5432/{dbname}"
-        assert _can(url, "SELECT abstention_elevated, n_drift_tests, not_measured FROM v_run_summary")
-        assert _can(url, "SELECT * FROM v_sample_risk")
+        url = f"postgresql+psycopg://{users[COMPLIANCE]}@127.0.0.1:5432/{dbname}"
+        assert _can(
+            url, "SELECT abstention_elevated, n_drift_tests, not_measured, previous_tier FROM v_run_summary"
+        )
+        assert _can(url, "SELECT factor_method_disagreement FROM v_sample_risk")
+        assert _can(url, "SELECT * FROM v_evaluation_result")
         assert not _can(url, "SELECT radius FROM certificate")
+        writer = f"postgresql+psycopg://{users[WRITER]}@127.0.0.1:5432/{dbname}"
+        assert not _can(writer, "INSERT INTO pipeline_run (supersedes_id) VALUES (1)")
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-            conn.execute(f"DROP ROLE IF EXISTS {user}")
+            for user in users.values():
+                conn.execute(f"DROP ROLE IF EXISTS {user}")
 
 
 def test_sqlite_has_no_roles(sqlite_url):

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from records import make_record
 
 from certrisk.governance.chain import canonical_json, entry_hash, sha256_hex
-from certrisk.schemas.tables import AuditEntry
+from certrisk.schemas.tables import AuditEntry, sample_risk_table
 
 AUDIT = AuditEntry.__table__
 
@@ -138,8 +138,9 @@ def test_deleted_run_with_its_audit_entry(recorded):
         f"DELETE FROM pipeline_run WHERE id = {pk}",
     )
     report = recorded.verify()
+    # entries: 1 model, 2 policy, 3 run-1, 4 run-2, 5 run-3
     assert (report.ok, report.first_bad_run) == (False, f"{DAG}/run-3#1")
-    assert "seq 3 found where seq 2 was expected" in report.message
+    assert "seq 5 found where seq 4 was expected" in report.message
 
 
 def test_deleted_run_rows_only(recorded):
@@ -169,11 +170,10 @@ def _forge_run(store, run_id):
         f"FROM pipeline_run WHERE id = {src}",
     )
     new = _run_pk(store, run_id)
+    rest = ", ".join(f'"{c.name}"' for c in sample_risk_table.c if c.name != "run_pk")
     _sql(
         store,
-        f"INSERT INTO sample_risk SELECT {new}, row_no, sample_id, risk, tier, abstained, prediction, "
-        "base_prediction, factor_abstention, factor_radius_rank, factor_context, factor_rules, factor_novelty, "
-        f"factor_instability, top_factors, rmf_ids, row_digest FROM sample_risk WHERE run_pk = {src}",
+        f"INSERT INTO sample_risk (run_pk, {rest}) SELECT {new}, {rest} FROM sample_risk WHERE run_pk = {src}",
     )
     return new
 
@@ -229,4 +229,5 @@ def test_forged_run_appended_at_the_end_needs_the_published_head(recorded):
     recorded.write_run(make_record("appended", 5, seed=9))  # a perfect forger computes the same hashes
     assert recorded.verify().ok
     report = recorded.verify(expected_head=head)
-    assert not report.ok and "appended or removed at the end" in report.message
+    assert not report.ok and "1 entry was appended after the published head" in report.message
+    assert report.first_bad_run == f"{DAG}/appended#1"

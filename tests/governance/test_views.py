@@ -1,9 +1,11 @@
-"""Migrations 0002 and 0003's compliance views and the queries over them, on both backends."""
+"""Migrations 0002 to 0005's compliance views and the queries over them, on both backends."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -71,21 +73,39 @@ def test_run_summary_exposes_the_abstention_test(written):
 SCORED = {
     "abstention_test": "binomial",
     "abstention_elevated": True,
-    "high_share": 0.25,
     "n_drift_tests": 2,
     "n_drift_tests_rejected": 1,
     "rule_pass_rate": 0.75,
-    "risk_quantiles": {"p50": 0.125, "p90": 0.5},
     "not_measured": ["novelty"],
 }
+
+
+def _scored_record():
+    """run-1 with one of its two drift tests rejected and three of four expectations passed, and
+    a summary stating those figures and the ones its samples give."""
+    record = make_record("run-1", 60)
+    drift = record.drift_tests.assign(drift=[False, True])
+    rules = pd.concat([record.rule_expectations] * 4, ignore_index=True).assign(
+        success=[True, True, True, False]
+    )
+    s = record.sample_risk
+    q = np.quantile(s["risk"].to_numpy(), [0.5, 0.9])
+    scored = {
+        **SCORED,
+        "drift": True,
+        "high_share": float(s["tier"].isin(["high", "critical"]).mean()),
+        "risk_quantiles": {"p50": float(q[0]), "p90": float(q[1])},
+    }
+    summary = {**record.summary, "reference_abstention_rate": 0.05, "abstention_p_value": 0.0125, **scored}
+    return replace(record, drift_tests=drift, rule_expectations=rules, summary=summary), scored
 
 
 def test_run_summary_exposes_the_summary_facts(store):
     """Migration 0003: every figure of the batch summary a report states is a v_run_summary column,
     and ``queries.run_summary`` / ``BatchFacts`` read them as numbers on both backends."""
-    record = make_record("run-1", 60)
-    summary = {**record.summary, "reference_abstention_rate": 0.05, "abstention_p_value": 0.0125, **SCORED}
-    store.write_run(replace(record, summary=summary))
+    record, scored = _scored_record()
+    summary = record.summary
+    store.write_run(record)
     with store.connect() as conn:
         cols = conn.execute(sa.text("SELECT * FROM v_run_summary")).keys()
         run = queries.run_summary(conn, "run-1")
@@ -97,10 +117,10 @@ def test_run_summary_exposes_the_summary_facts(store):
         abstention_rate=summary["abstention_rate"],
         mean_risk=summary["mean_risk"],
         tier=summary["tier"],
-        drift=False,
+        drift=True,
         tier_counts=summary["tier_counts"],
-        risk_quantiles={"p50": 0.125, "p90": 0.5},
-        high_share=0.25,
+        risk_quantiles=scored["risk_quantiles"],
+        high_share=scored["high_share"],
         reference_abstention_rate=0.05,
         abstention_test="binomial",
         abstention_p_value=0.0125,
@@ -114,21 +134,42 @@ def test_run_summary_exposes_the_summary_facts(store):
     assert run["created_at"].tzinfo is not None and str(run["created_at"].tz) == "UTC"
 
 
+ODD = {"abstention_elevated": "yes", "n_drift_tests": "two", "rule_pass_rate": [1], "risk_quantiles": 3}
+
+
 def test_summary_facts_of_another_type_or_absent_read_as_none(store):
-    """A summary without the figures (an older run) or holding another JSON type leaves the view
-    readable and the figures None."""
+    """write_run refuses a summary whose figures are of another JSON type; one stored anyway (an
+    older record, or an edit that verify reports) or without the figures leaves the view readable
+    and the figures None."""
     record = make_record("run-1", 20)
-    odd = {"abstention_elevated": "yes", "n_drift_tests": "two", "rule_pass_rate": [1], "risk_quantiles": 3}
-    store.write_run(replace(record, summary={**record.summary, **odd}))
+    with pytest.raises(InputError, match=r"summary: rule_pass_rate must be a number, got \[1\]"):
+        store.write_run(replace(record, summary={**record.summary, **ODD}))
+    store.write_run(record)
     store.write_run(make_record("run-2", 20))
+    with store.engine.begin() as conn:
+        stored = conn.execute(sa.text("SELECT summary FROM pipeline_run WHERE run_id = 'run-1'")).scalar_one()
+        summary = {**(json.loads(stored) if isinstance(stored, str) else stored), **ODD}
+        for key in ("high_share", "n_drift_tests_rejected"):
+            summary.pop(key)
+        conn.execute(
+            sa.text("UPDATE pipeline_run SET summary = :s WHERE run_id = 'run-1'"), {"s": json.dumps(summary)}
+        )
     with store.connect() as conn:
         facts = {r: BatchFacts.from_row(queries.run_summary(conn, r)) for r in ("run-1", "run-2")}
-    for got in facts.values():
-        assert (got.abstention_elevated, got.n_drift_tests, got.rule_pass_rate) == (None, None, None)
-        assert (got.abstention_test, got.abstention_p_value, got.not_measured) == (None, None, None)
-        assert got.n_samples == 20
-    assert facts["run-1"].risk_quantiles == {}
-    assert facts["run-2"].risk_quantiles == make_record("run-2", 20).summary["risk_quantiles"]
+    got = facts["run-1"]
+    assert (got.abstention_elevated, got.n_drift_tests, got.rule_pass_rate) == (None, None, None)
+    assert (got.abstention_test, got.abstention_p_value, got.not_measured) == (None, None, None)
+    assert (got.n_samples, got.high_share, got.n_drift_tests_rejected, got.risk_quantiles) == (
+        20,
+        None,
+        None,
+        {},
+    )
+    older = facts["run-2"]  # figures the scorer adds later (abstention test, not_measured) absent
+    assert (older.abstention_test, older.abstention_p_value, older.not_measured) == (None, None, None)
+    assert older.risk_quantiles == make_record("run-2", 20).summary["risk_quantiles"]
+    report = store.verify()
+    assert (report.ok, report.first_bad_row) == (False, "pipeline_run.summary")
 
 
 def test_report_queries_read_evidence_and_models(written):
@@ -169,6 +210,23 @@ def test_downgrade_to_0001_and_upgrade_again(db_url):
     store.upgrade()
     store.write_run(make_record("run-1", 20))
     with store.write_engine.begin() as conn:
+        command.downgrade(migrations_config(conn), "0004")
+    assert store.current_revision() == "0004"
+    with store.engine.connect() as conn:
+        cols = conn.execute(sa.text("SELECT * FROM v_run_summary")).keys()
+        assert "not_measured" in cols and "previous_tier" not in cols
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM audit_log")).scalar_one() == 1  # the run's
+        assert "factor_method_disagreement" in list(
+            conn.execute(sa.text("SELECT * FROM v_sample_risk")).keys()
+        )
+    with store.write_engine.begin() as conn:
+        command.downgrade(migrations_config(conn), "0003")
+    with store.engine.connect() as conn:
+        assert "factor_method_disagreement" not in list(
+            conn.execute(sa.text("SELECT * FROM v_sample_risk")).keys()
+        )
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM v_sample_risk")).scalar_one() == 20
+    with store.write_engine.begin() as conn:
         command.downgrade(migrations_config(conn), "0002")
     assert store.current_revision() == "0002"
     with store.engine.connect() as conn:
@@ -188,7 +246,7 @@ def test_downgrade_to_0001_and_upgrade_again(db_url):
     with store.write_engine.begin() as conn:
         command.downgrade(migrations_config(conn), "base")
     store.upgrade()
-    assert store.current_revision() == "0003"
+    assert store.current_revision() == "0005"
     store.write_run(make_record("run-2", 20))
     assert store.method_costs("run-2")["n_samples"].tolist() == [20, 20]
     assert store.verify().ok

@@ -120,3 +120,89 @@ def test_plan_shards_keeps_shards_large_enough():
     assert len(plan_shards(200, 3)) == 4  # at least 64 samples per shard, not 67 shards of 3
     with pytest.raises(InputError):
         plan_shards(0, 10)
+
+
+# ------------------------------------------------------------------ issue 14: input edge cases
+
+
+def test_values_beyond_float32_are_refused_naming_row_and_column():
+    f = frame()
+    f.loc[2, "f3"] = -1e39
+    with pytest.raises(
+        InputError, match=r"value -1e\+39 in column 'f3', row 2 \(sample_id 's2'\) is beyond float32"
+    ):
+        validate_frame(f, spec=SPEC, n_features=4, batch_id="b", source="batch.parquet")
+    f.loc[2, "f3"] = 3.4e38  # inside the range: kept, finite in float32
+    assert np.isfinite(validate_frame(f, spec=SPEC, n_features=4, batch_id="b").features).all()
+
+
+def test_label_column_is_kept_out_of_the_features_and_the_staged_frame(tmp_path):
+    f = frame().assign(label=[0, 1, 0, 1, 1])
+    b = validate_frame(f, spec=SPEC, n_features=4, batch_id="b", feature_names=("f0", "f1", "f2", "f3"))
+    assert b.feature_names == ("f0", "f1", "f2", "f3") and b.labels.tolist() == [0, 1, 0, 1, 1]
+    staged = b.to_frame()
+    assert "label" not in staged.columns and b.to_frame(labels=True)["label"].tolist() == [0, 1, 0, 1, 1]
+    # what the pipeline's tasks do with the staged frame: every column but sample_id is a feature
+    unlabelled = SPEC.model_copy(update={"label_column": None})
+    again = validate_frame(
+        staged,
+        spec=unlabelled,
+        n_features=4,
+        batch_id="b",
+        feature_names=tuple(c for c in staged if c != "sample_id"),
+    )
+    assert np.array_equal(again.features, b.features)
+
+
+def test_npz_feature_names_and_positional_matching(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    named = tmp_path / "named.npz"
+    np.savez(named, X=x, feature_names=np.array(["d", "c", "b", "a"]), y=np.array([1, 0, 1]))
+    b = load_batch(named, spec=SPEC, n_features=4, feature_names=("a", "b", "c", "d"))
+    assert b.feature_names == ("a", "b", "c", "d") and b.features[0].tolist() == [3.0, 2.0, 1.0, 0.0]
+    assert b.labels.tolist() == [1, 0, 1]
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, X=x)
+    b = load_batch(plain, spec=SPEC, n_features=4, feature_names=("a", "b", "c", "d"))
+    assert b.feature_names == ("a", "b", "c", "d") and b.features[0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(InputError, match="the npz archive has 4 features per sample but 3 are expected"):
+        load_batch(plain, spec=SPEC, n_features=3, feature_names=("a", "b", "c"))
+    bad = tmp_path / "bad_names.npz"
+    np.savez(bad, X=x, feature_names=np.array(["a", "a", "b", "c"]))
+    with pytest.raises(InputError, match="'feature_names' must hold 4 distinct strings"):
+        load_batch(bad, spec=SPEC, n_features=4)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"X": np.float32(1.0)}, r"npz array 'X' is 0-d \(one value\)"),
+        (
+            {"X": np.ones((3, 4)), "sample_id": np.array(["a", "b"])},
+            r"array 'sample_id' has shape \(2,\) but 'X' has 3 rows",
+        ),
+        (
+            {"X": np.ones((3, 4)), "y": np.array([0, 1, 0, 1])},
+            r"array 'y' has shape \(4,\) but 'X' has 3 rows",
+        ),
+        ({"Z": np.ones((3, 4))}, r"npz archive has no array 'X' \(found \['Z'\]\)"),
+        (
+            {"X": np.ones((1, 4))},
+            r"1 row; a batch needs at least 2 \(its drift tests compare distributions\)",
+        ),
+    ],
+    ids=["0-d", "ids-length", "labels-length", "no-X", "one-row"],
+)
+def test_npz_shapes_fail_in_validate_with_what_is_wrong(tmp_path, arrays, message):
+    path = tmp_path / "b.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(InputError, match=message) as info:
+        load_batch(path, spec=SPEC, n_features=4)
+    assert "pickled" not in str(info.value)
+
+
+def test_one_row_parquet_is_refused_at_validate(tmp_path):
+    path = tmp_path / "one.parquet"
+    frame(n=1).to_parquet(path)
+    with pytest.raises(InputError, match="1 row; a batch needs at least 2"):
+        load_batch(path, spec=SPEC, n_features=4)
