@@ -26,7 +26,10 @@ class GovernanceWriteOperator(GovernanceOperator):
     :param batch: the validate step's dict; :param certified: the merge step's dict;
     :param scored: the score step's dict; :param rules: the rule check's dict (optional);
     :param drift: the drift step's dict (optional); all templated, usually XComArgs.
-    :param supersede: record a different payload for an already recorded run as a new revision.
+    :param supersede: record a different payload for an already recorded run as a new revision
+        (the connection's role must be the reviser on PostgreSQL).
+    :param supersede_reason: why the revision is made; required with ``supersede`` (templated);
+        reports, the dashboard and ``certrisk runs`` show it with the previous tier.
     :param certrisk_conn_id: see ``GovernanceOperator``.
     """
 
@@ -37,6 +40,7 @@ class GovernanceWriteOperator(GovernanceOperator):
         "rules",
         "drift",
         "scored",
+        "supersede_reason",
     )
 
     def __init__(
@@ -48,6 +52,7 @@ class GovernanceWriteOperator(GovernanceOperator):
         rules: Any = None,
         drift: Any = None,
         supersede: bool = False,
+        supersede_reason: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -57,6 +62,7 @@ class GovernanceWriteOperator(GovernanceOperator):
         self.rules = rules
         self.drift = drift
         self.supersede = supersede
+        self.supersede_reason = supersede_reason
 
     def evidence_kinds(self, summary: dict) -> list[str]:
         """Run-level evidence this record itself provides, beyond the per-sample signals."""
@@ -117,7 +123,9 @@ class GovernanceWriteOperator(GovernanceOperator):
 
     def run(self, context: Context) -> dict:
         record = self.build_record(context)
-        result = self.hook.get_store().write_run(record, supersede=self.supersede)
+        result = self.hook.get_store().write_run(
+            record, supersede=self.supersede, reason=self.supersede_reason or None
+        )
         self.log.info(
             "governance: run %s/%s %s (revision %s, manifest %s...)",
             record.dag_id,
