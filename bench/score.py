@@ -1,10 +1,12 @@
 """Benchmark the composite risk scorer against a per-row Python loop.
 
 Scores N synthetic samples (default 1,000,000) with every input present (one smoothing
-certificate per sample, rules, novelty, context) and prints the seconds of ``score_samples`` and
-``score_batch``. The baseline is the same scoring written as a per-row Python loop (dict look-ups,
-``math``): it runs on a subsample (default 20,000 rows) and is extrapolated linearly to N, which
-the output states. The baseline's risks are checked against the vectorised ones on that subsample.
+certificate per sample, rules, novelty, context, the neighbour signals) under calibrated tiers,
+and prints the seconds of ``score_samples`` and ``score_batch``. The baseline is the same scoring
+written as a per-row Python loop (dict look-ups, ``math``): it runs on a subsample (default
+20,000 rows) and is extrapolated linearly to N, which the output states. The baseline's risks,
+tiers (calibrated thresholds, rule-severity floors) and top factors are checked against the
+vectorised ones on that subsample.
 
 Usage: python bench/score.py [--n 1000000] [--baseline-n 20000] [--seed 0]
 """
@@ -18,10 +20,11 @@ import time
 import numpy as np
 import pandas as pd
 
+from certrisk.risk.calibration import calibrate_tiers
 from certrisk.risk.score import score_samples
 from certrisk.risk.tiering import score_batch
 from certrisk.schemas.columns import ABSTAIN
-from certrisk.schemas.factors import FACTORS, SEVERITY_FACTOR
+from certrisk.schemas.factors import FACTORS, SEVERITY_FACTOR, SEVERITY_TIER_FLOOR
 from certrisk.schemas.policy import parse_policy
 
 POLICY = parse_policy(
@@ -103,23 +106,41 @@ def synthetic(n: int, seed: int) -> dict[str, pd.DataFrame]:
             "domain_probability": np.nan,
         }
     )
+    neighbours = np.where(rng.random(n) < 0.8, 0.0, rng.random(n))  # a tail factor: 0 for most
+    signals = pd.DataFrame(  # two rows per sample, in sample order
+        {
+            "sample_id": np.repeat(np.asarray(ids, dtype=object), 2),
+            "signal": np.tile(["neighbours", "feature_neighbours"], n),
+            "score": np.repeat(neighbours, 2),
+            "p_value": 1.0 - np.repeat(neighbours, 2),
+            "factor": np.c_[neighbours, rng.random(n)].reshape(-1),
+        }
+    )
     return {
         "certificates": certificates,
         "predictions": predictions,
         "context": context,
         "rules": rules,
         "novelty": novelty,
+        "signals": signals,
     }
+
+
+#: Calibrated tiers as a tier role of 200 samples would give them.
+CALIBRATION = calibrate_tiers(
+    np.random.default_rng(1).beta(2.0, 8.0, size=200), np.zeros(200, dtype=int), POLICY.scoring
+)
 
 
 def per_row_loop(inputs: dict[str, pd.DataFrame]) -> list[tuple[float, str, list[str]]]:
     """The scoring of ``score_samples`` one sample at a time, as a plain Python loop."""
     weights = POLICY.scoring.weights
-    thresholds = POLICY.scoring.thresholds
+    cuts = {t.value: c for t, c in CALIBRATION.cuts.items()}
     certs = {r.sample_id: r for r in inputs["certificates"].itertuples(index=False)}
     ctx = {r.sample_id: r for r in inputs["context"].itertuples(index=False)}
     rules = {r.sample_id: r for r in inputs["rules"].itertuples(index=False)}
     nov = {r.sample_id: r for r in inputs["novelty"].itertuples(index=False)}
+    sig = {(r.sample_id, r.signal): r.factor for r in inputs["signals"].itertuples(index=False)}
     rows = []
     for p in inputs["predictions"].itertuples(index=False):
         c = certs[p.sample_id]
@@ -133,6 +154,9 @@ def per_row_loop(inputs: dict[str, pd.DataFrame]) -> list[tuple[float, str, list
             "rules": SEVERITY_FACTOR[rules[p.sample_id].max_severity],
             "novelty": nov[p.sample_id].novelty_percentile,
             "instability": 1.0 if (not abst and p.base_prediction != c.prediction) else 0.0,
+            "method_disagreement": 0.0,
+            "neighbours": sig[p.sample_id, "neighbours"],
+            "feature_neighbours": sig[p.sample_id, "feature_neighbours"],
         }
         survive = 1.0
         for name in FACTORS:
@@ -144,8 +168,11 @@ def per_row_loop(inputs: dict[str, pd.DataFrame]) -> list[tuple[float, str, list
         top = [name for name, v in sorted(contrib.items(), key=lambda kv: -kv[1]) if v > 0]
         tier = "low"
         for t in ("medium", "high", "critical"):
-            if risk + 1e-12 >= thresholds[t]:
+            cut = cuts[t]
+            if (risk > cut.value) if cut.strict else (risk + 1e-12 >= cut.value):
                 tier = t
+        floor = SEVERITY_TIER_FLOOR[rules[p.sample_id].max_severity].value
+        tier = max(tier, floor, key=["low", "medium", "high", "critical"].index)
         rows.append((risk, tier, top))
     return rows
 
@@ -159,7 +186,7 @@ def main() -> None:
 
     inputs = synthetic(args.n, args.seed)
     t0 = time.perf_counter()
-    sample_risk = score_samples(policy=POLICY, **inputs)
+    sample_risk = score_samples(policy=POLICY, calibration=CALIBRATION, **inputs)
     t1 = time.perf_counter()
     summary = score_batch(
         sample_risk,
@@ -168,11 +195,13 @@ def main() -> None:
         rule_expectations=None,
         reference_abstention_rate=0.05,
         n_reference=10_000,
+        calibration=CALIBRATION,
     )
     t2 = time.perf_counter()
 
     m = min(args.baseline_n, args.n)
-    sub = {name: frame.iloc[:m].reset_index(drop=True) for name, frame in inputs.items()}
+    rows = {"signals": 2 * m}  # two signal rows per sample
+    sub = {name: frame.iloc[: rows.get(name, m)].reset_index(drop=True) for name, frame in inputs.items()}
     t3 = time.perf_counter()
     loop_rows = per_row_loop(sub)
     t4 = time.perf_counter()
@@ -183,7 +212,10 @@ def main() -> None:
     loop_extrapolated = (t4 - t3) * args.n / m
     vec = t1 - t0
 
-    print(f"samples: {args.n:,} (one smoothing certificate each; rules, novelty and context present)")
+    print(
+        f"samples: {args.n:,} (one smoothing certificate each; rules, novelty, context and signals present; "
+        "calibrated tiers)"
+    )
     print(f"score_samples: {vec:.2f} s ({args.n / vec:,.0f} samples/s)")
     print(f"score_batch:   {t2 - t1:.2f} s (tier {summary['tier']}, tier counts {summary['tier_counts']})")
     print(

@@ -3,7 +3,9 @@
 default; ``breast_cancer`` for the tabular example).
 
 ``run_demo`` migrates an Airflow metadata DB under ``$CERTRISK_HOME/airflow``, runs the dataset's
-example DAG under ``dag.test()`` once per batch and prints a table from the governance DB.
+example DAG under ``dag.test()`` once per batch (clean, shifted, attacked, deep) and prints a table
+from the governance DB; for the attacked batches it shows which share of the successful attacks
+(ground truth the pipeline never reads) reached tier high or above.
 """
 
 from __future__ import annotations
@@ -121,11 +123,27 @@ def _run_batches(dag, assets: DemoAssets, chosen: list[str], samples: int | None
 
 
 TABLE_COLUMNS = (
-    "batch", "samples", "abstention", "mean risk", "low", "medium", "high", "critical", "batch tier", "seconds",
+    "batch", "samples", "abstention", "mean risk", "low", "medium", "high", "critical", "attacks >= high",
+    "batch tier", "seconds",
 )  # fmt: skip
 
 
-def _results_table(store, dag_id: str, results: list[dict]):
+def attacks_caught(samples: pd.DataFrame, batch: str, truth: pd.DataFrame) -> str:
+    """For an attacked demo batch, the share of its successful attacks (ground truth beside the
+    batches, ``<batch>_success``) that the run put at tier high or above, e.g. "43% of 363";
+    "-" for a batch that was not attacked. ``samples``: the run's sample_id and tier."""
+    column = f"{batch}_success"
+    if column not in truth.columns:
+        return "-"
+    attacked = {f"{batch}:{row}" for row in truth.loc[truth[column].astype(bool), "row"]}
+    hit = samples[samples["sample_id"].astype(str).isin(attacked)]
+    if not len(hit):
+        return "none succeeded"
+    share = hit["tier"].astype(str).isin(["high", "critical"]).mean()
+    return f"{share:.0%} of {len(hit)}"
+
+
+def _results_table(store, dag_id: str, results: list[dict], truth: pd.DataFrame):
     """A rich table: one row per batch run, read back from the governance DB."""
     from rich.table import Table
 
@@ -138,16 +156,18 @@ def _results_table(store, dag_id: str, results: list[dict]):
         rec = by_run.get(res["run_id"])
         if rec is None:
             table.add_row(
-                res["batch"], "-", "-", "-", "-", "-", "-", "-", res["state"], f"{res['seconds']:.1f}"
+                res["batch"], "-", "-", "-", "-", "-", "-", "-", "-", res["state"], f"{res['seconds']:.1f}"
             )
             continue
         counts = store.get_run(dag_id, res["run_id"])["summary"].get("tier_counts") or {}
+        samples = store.samples(res["run_id"], dag_id=dag_id, limit=None)
         table.add_row(
             res["batch"],
             str(rec["n_samples"]),
             f"{rec['abstention_rate']:.1%}",
             f"{rec['mean_risk']:.3f}",
             *(str(counts.get(t, 0)) for t in ("low", "medium", "high", "critical")),
+            attacks_caught(samples, res["batch"], truth),
             str(rec["tier"]) + (" (alert)" if res["state"] == "alert" else ""),
             f"{res['seconds']:.1f}",
         )
@@ -171,7 +191,8 @@ def run_demo(
     _migrate(console)
     results = _run_batches(_example_dag(spec.dag_id), assets, chosen, samples, console)
     store = GovernanceStore(default_db_url())
-    console.print(_results_table(store, spec.dag_id, results))
+    truth = pd.read_parquet(assets.root / "batches" / "labels.parquet")
+    console.print(_results_table(store, spec.dag_id, results, truth))
     console.print(f"governance DB: {store.masked_url}")
     console.print(f"artifacts:     {home / 'artifacts' / spec.dag_id}")
     console.print(f"demo assets:   {assets.root}")

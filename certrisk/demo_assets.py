@@ -1,14 +1,22 @@
-"""The demo's assets: real data, a trained model, a reference set and three production batches.
+"""The demo's assets: real data, a trained model, a reference set and four production batches.
 
 ``prepare_demo`` builds (once, cached under ``$CERTRISK_HOME/demo/<dataset>``): a model trained
 with Gaussian-noise augmentation at the policy's sigma and saved as safetensors; a reference set
-of held-out samples with labels; and three production batches without labels:
+of held-out samples with labels; and four production batches without labels:
 
 - ``clean``: held-out samples;
 - ``shifted``: a visible distribution shift (digits: lower contrast plus pixel noise; breast
   cancer: every size feature reads 0.8 standard deviations high, plus noise);
 - ``attacked``: PGD l2 adversarial examples against the base model, each stopped at its first
-  success (near-minimal perturbations, as an attacker who wants to stay unnoticed makes them).
+  success (near-minimal perturbations, as an attacker who wants to stay unnoticed makes them);
+- ``deep``: PGD l2 run to the end of its budget, no early stop, at half the data's geometry (the
+  median l2 distance from a clean sample to its nearest reference sample of another class):
+  examples deep inside another class, which certificates certify like clean inputs.
+
+Beside the batches, ``batches/labels.parquet`` holds the ground truth the pipeline never reads
+(each production row's label and whether each attack changed its class) and
+``batches/labelled.parquet`` the clean batch with its labels, a held-out labelled set for
+``certrisk evaluate --labelled``.
 
 Datasets: ``digits`` (scikit-learn's 8x8 handwritten digits, a small CNN; the main demo) and
 ``breast_cancer`` (scikit-learn's Wisconsin breast cancer data, z-scored, an MLP; rule-heavy).
@@ -28,10 +36,12 @@ import pandas as pd
 
 from certrisk.schemas.settings import certrisk_home
 
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 DEMO_SEED = 20261124
 PGD_STEPS = 40
-BATCHES = ("clean", "shifted", "attacked")
+BATCHES = ("clean", "shifted", "attacked", "deep")
+#: The ``deep`` batch's budget: this fraction of the median l2 distance to another class.
+DEEP_FRACTION = 0.5
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO_ROOT / "dags"
 
@@ -69,7 +79,9 @@ DATASETS = {
         policy=DAGS_FOLDER / "policies" / "breast_cancer.yaml",
         model_file="breast_cancer_mlp.safetensors",
         train_size=300,
-        reference_size=130,
+        # 200 reference samples leave >= 19 in the tier-calibration role (a 5% split-conformal
+        # threshold needs 19) and about 58 for evaluation.
+        reference_size=200,
         epochs=80,
         pgd_eps=3.0,
         pgd_clip=None,
@@ -84,6 +96,7 @@ class DemoAssets:
     reference_path: Path
     batches: dict[str, Path]
     manifest: dict
+    labelled: Path | None = None
 
 
 def _load(dataset: DemoDataset):
@@ -127,12 +140,17 @@ def _asset_paths(spec: DemoDataset, root: Path) -> dict[str, Path]:
     return {
         "model": root / spec.model_file,
         "reference": root / "reference.parquet",
+        # the training split, labelled: the policies' data.index (the signals' neighbour index)
+        "index": root / "index.parquet",
         **{b: root / "batches" / f"{b}.parquet" for b in BATCHES},
+        "labelled": root / "batches" / "labelled.parquet",
     }
 
 
 def _assets(root: Path, paths: dict[str, Path], manifest: dict) -> DemoAssets:
-    return DemoAssets(root, paths["model"], paths["reference"], {b: paths[b] for b in BATCHES}, manifest)
+    return DemoAssets(
+        root, paths["model"], paths["reference"], {b: paths[b] for b in BATCHES}, manifest, paths["labelled"]
+    )
 
 
 def _cached_manifest(root: Path, paths: dict[str, Path]) -> dict | None:
@@ -178,45 +196,77 @@ def _train(spec: DemoDataset, factory, x, y, split, *, sigma: float, seed: int, 
     return model, accuracy, model_sha
 
 
-def _attack(spec: DemoDataset, model, clean: np.ndarray, labels: np.ndarray, *, seed: int, log):
-    """PGD l2 against the base model, each input stopped at its first success: (attacked, success).
+def _attack(
+    spec: DemoDataset,
+    model,
+    clean: np.ndarray,
+    labels: np.ndarray,
+    *,
+    eps: float,
+    early_stop: bool,
+    seed: int,
+    log,
+):
+    """PGD l2 against the base model: (attacked, success).
 
-    An attacker wants the smallest change that flips the label, so the examples sit just past the
-    decision boundary (the budget eps caps them)."""
+    Stopped at each input's first success (``early_stop``), the examples sit just past the
+    decision boundary, the smallest change an attacker who wants to stay unnoticed makes; run to
+    the end of the budget eps, they lie deep inside another class."""
     from certrisk.risk.audit import pgd_numpy
 
     attacked, success = pgd_numpy(
         model,
         clean,
         labels,
-        eps=spec.pgd_eps,
+        eps=eps,
         norm="l2",
         steps=PGD_STEPS,
         restarts=1,
         seed=seed,
         clip=spec.pgd_clip,
-        early_stop=True,
+        early_stop=early_stop,
     )
     log(
-        f"demo assets ({spec.name}): PGD l2 eps={spec.pgd_eps} against the base model: "
-        f"{success.mean():.1%} of inputs misclassified"
+        f"demo assets ({spec.name}): PGD l2 eps={eps:.3g} ({'early stop' if early_stop else 'full budget'}) "
+        f"against the base model: {success.mean():.1%} of inputs misclassified"
     )
     return attacked, success
 
 
+def _geometry_l2(
+    clean: np.ndarray, labels: np.ndarray, reference: np.ndarray, ref_labels: np.ndarray
+) -> float:
+    """Median l2 distance from a clean sample to its nearest reference sample of another class."""
+    from certrisk.risk.attack_suite import LabelledSet, nearest_other_class
+
+    ids = np.array([str(i) for i in range(len(reference))])
+    ref = LabelledSet(ids, reference, ref_labels)
+    return float(np.median(nearest_other_class(clean, labels, ref, "l2")))
+
+
 def _write_sets(
-    root: Path, paths: dict[str, Path], x, y, names, split, batches: dict[str, np.ndarray]
+    root: Path, paths: dict[str, Path], x, y, names, split, batches: dict[str, np.ndarray], success: dict
 ) -> None:
-    """The reference set (with labels), the production batches (without) and their ground truth."""
-    _, ref_idx, prod_idx = split
+    """The reference set (with labels), the training split as the neighbour index (with labels),
+    the production batches (without) and their ground truth."""
+    train_idx, ref_idx, prod_idx = split
     (root / "batches").mkdir(parents=True, exist_ok=True)
+    _frame([f"train:{i}" for i in train_idx], x[train_idx], names, y[train_idx]).to_parquet(
+        paths["index"], index=False
+    )
     _frame([f"ref:{i}" for i in ref_idx], x[ref_idx], names, y[ref_idx]).to_parquet(
         paths["reference"], index=False
     )
     for name, arr in batches.items():
         _frame([f"{name}:{i}" for i in prod_idx], arr, names, None).to_parquet(paths[name], index=False)
     # Ground truth stays beside the batches for evaluation; the pipeline never reads it.
-    pd.DataFrame({"row": prod_idx, "label": y[prod_idx]}).to_parquet(root / "batches" / "labels.parquet")
+    truth = pd.DataFrame({"row": prod_idx, "label": y[prod_idx]})
+    for name, hit in success.items():
+        truth[f"{name}_success"] = np.asarray(hit, dtype=bool)
+    truth.to_parquet(root / "batches" / "labels.parquet")
+    _frame([f"heldout:{i}" for i in prod_idx], batches["clean"], names, y[prod_idx]).to_parquet(
+        paths["labelled"], index=False
+    )
 
 
 def prepare_demo(
@@ -252,10 +302,26 @@ def prepare_demo(
         spec, factory, x, y, split, sigma=sigma, seed=seed, model_path=paths["model"], log=log
     )
     rng = np.random.default_rng(seed)
-    clean = x[prod_idx]
+    clean, labels = x[prod_idx], y[prod_idx]
     shifted = _shift(spec, clean, rng)
-    attacked, success = _attack(spec, model, clean, y[prod_idx], seed=seed, log=log)
-    _write_sets(root, paths, x, y, names, split, {"clean": clean, "shifted": shifted, "attacked": attacked})
+    attacked, success = _attack(
+        spec, model, clean, labels, eps=spec.pgd_eps, early_stop=True, seed=seed, log=log
+    )
+    geometry = _geometry_l2(clean, labels, x[ref_idx], y[ref_idx])
+    deep_eps = DEEP_FRACTION * geometry
+    deep, deep_success = _attack(
+        spec, model, clean, labels, eps=deep_eps, early_stop=False, seed=seed, log=log
+    )
+    _write_sets(
+        root,
+        paths,
+        x,
+        y,
+        names,
+        split,
+        {"clean": clean, "shifted": shifted, "attacked": attacked, "deep": deep},
+        {"attacked": success, "deep": deep_success},
+    )
     manifest = {
         "version": DEMO_VERSION,
         "dataset": spec.name,
@@ -271,6 +337,16 @@ def prepare_demo(
             "early_stop": True,
             "success_rate": float(success.mean()),
             "mean_l2": float(np.linalg.norm((attacked - clean).reshape(len(clean), -1), axis=1).mean()),
+        },
+        "deep": {
+            "norm": "l2",
+            "geometry_l2": geometry,
+            "fraction": DEEP_FRACTION,
+            "eps": deep_eps,
+            "steps": PGD_STEPS,
+            "early_stop": False,
+            "success_rate": float(deep_success.mean()),
+            "mean_l2": float(np.linalg.norm((deep - clean).reshape(len(clean), -1), axis=1).mean()),
         },
         "sizes": {"train": len(train_idx), "reference": len(ref_idx), **{b: len(prod_idx) for b in BATCHES}},
     }

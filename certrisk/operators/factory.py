@@ -9,7 +9,11 @@
 
 The DAG: validate -> plan_shards -> certify (mapped over shards, on the policy's queue and pool) -> merge ->
 context; rules and drift in parallel; score -> governance write -> report (compliance HTML and PDF artifacts) and alert (fails the run when the
-batch tier reaches the policy's alert tier, after the record has landed).
+batch tier reaches the policy's alert tier, after the record has landed). With ``evaluate=True`` an
+``evaluate`` task, independent of the batch, runs the attack suite through the same scoring path
+on the reference's held-out evaluation role and writes the measured detection under the run's
+artifacts (``evaluation/evaluation.parquet``, ``evaluation.json``); give an evaluation its own
+cadence with a second DAG of the same policy, e.g. ``schedule="@weekly", evaluate=True``.
 
 Only the policy YAML is read at parse time (for the certify queue and pool); models, data and
 connections are touched only when tasks run.
@@ -24,6 +28,7 @@ from typing import Any
 from airflow.sdk import DAG, Param
 
 from certrisk.operators.certify import CertifyOperator, MergeCertificatesOperator
+from certrisk.operators.evaluate import EvaluateOperator
 from certrisk.operators.governance import GovernanceWriteOperator, RiskAlertOperator
 from certrisk.operators.hooks import GovernanceHook
 from certrisk.operators.report import ComplianceReportOperator
@@ -49,6 +54,8 @@ def certrisk_dag(
     shard_size: int | None = None,
     run_key: str | None = None,
     certify_task_kwargs: dict[str, Any] | None = None,
+    evaluate: bool = False,
+    evaluate_task_kwargs: dict[str, Any] | None = None,
     tags: Iterable[str] = ("certrisk",),
     default_args: dict[str, Any] | None = None,
     **dag_kwargs: Any,
@@ -66,6 +73,10 @@ def certrisk_dag(
     :param certify_task_kwargs: extra BaseOperator arguments of the mapped certify task, e.g.
         ``executor_config`` (a KubernetesExecutor ``pod_override`` with GPU limits), ``executor``,
         ``pool_slots`` or ``max_active_tis_per_dag`` (a queue or pool named here overrides the policy's).
+    :param evaluate: add the ``evaluate`` task (measured detection; off by default: it certifies
+        every attacked set, many times a batch's work). It runs on the certify task's queue and pool.
+    :param evaluate_task_kwargs: arguments of the EvaluateOperator, e.g. ``labelled``, ``attacks``,
+        ``fractions``, ``seed``, ``limit``, ``clip``.
     """
     policy = load_policy(policy_path).policy
     cert = policy.certification
@@ -128,4 +139,7 @@ def certrisk_dag(
             )
         if alert:
             RiskAlertOperator(task_id="alert", scored=scored.output, recorded=recorded.output, **common)
+        if evaluate:
+            routing = {k: v for k, v in certify_routing.items() if k in ("queue", "pool", "executor")}
+            EvaluateOperator(task_id="evaluate", **routing, **(evaluate_task_kwargs or {}), **common)
     return dag

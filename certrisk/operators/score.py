@@ -1,5 +1,6 @@
-"""RiskScoreOperator: combine certificates, rules, drift/novelty and context into per-sample
-and per-batch risk (``sample_risk.parquet``, ``batch_risk.json``)."""
+"""RiskScoreOperator: combine certificates, rules, drift/novelty, context and the signals into
+per-sample and per-batch risk (``sample_risk.parquet``, ``batch_risk.json``), tiered with the
+context step's calibrated thresholds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from airflow.sdk import Context
 
 from certrisk.operators.artifacts import read_parquet, write_json, write_parquet, write_text
 from certrisk.operators.base import CertriskOperator
+from certrisk.risk.calibration import TierCalibration
 from certrisk.risk.limitations import limitations
 from certrisk.risk.score import score_samples
 from certrisk.risk.tiering import score_batch
@@ -20,9 +22,12 @@ class RiskScoreOperator(CertriskOperator):
 
     :param certified: the merge step's dict; :param rules: the rule check's dict;
     :param drift: the drift step's dict; :param context_result: the context step's dict (with the
-    run's model health record, which a broken model turns into a critical batch). Any of rules,
-    drift and context_result may be None: their factors (and the model's health) are then
-    recorded as not measured rather than silently zero.
+    run's model health record, which a broken model turns into a critical batch, the signals'
+    table and the tier calibration). Any of rules, drift and context_result may be None: their
+    factors (and the model's health, the signals, the calibration) are then recorded as not
+    measured rather than silently zero, and the policy's fixed thresholds set the tiers. The
+    calibration (its size, thresholds, rates, feasibility and guarantee) goes into the batch
+    summary and the limitations of every run.
     """
 
     template_fields: Sequence[str] = (
@@ -53,13 +58,17 @@ class RiskScoreOperator(CertriskOperator):
 
     def run(self, context: Context) -> dict:
         pol = self.loaded_policy.policy
+        ctx = self.context_result or {}
+        calibration = TierCalibration.from_dict(ctx["calibration"]) if ctx.get("calibration") else None
         sample_risk = score_samples(
             certificates=read_parquet(self.certified["certificates"]),
             predictions=read_parquet(self.certified["predictions"]),
             policy=pol,
             rules=read_parquet(self.rules["rule_samples"]) if self.rules else None,
             novelty=read_parquet(self.drift["novelty"]) if self.drift else None,
-            context=read_parquet(self.context_result["context"]) if self.context_result else None,
+            context=read_parquet(ctx["context"]) if ctx else None,
+            signals=read_parquet(ctx["signals"]) if ctx.get("signals") else None,
+            calibration=calibration,
         )
         summary = score_batch(
             sample_risk,
@@ -70,10 +79,11 @@ class RiskScoreOperator(CertriskOperator):
                 self.context_result["reference_abstention_rate"] if self.context_result else None
             ),
             n_reference=self.context_result["n_reference"] if self.context_result else None,
-            model_health=self.context_result.get("model_health") if self.context_result else None,
+            model_health=ctx.get("model_health"),
+            calibration=calibration,
         )
         root = self.run_dir(context)
-        statement = limitations(pol)
+        statement = limitations(pol, calibration=calibration)
         summary = {
             **summary,
             "batch_id": self.batch["batch_id"],

@@ -1,5 +1,11 @@
-"""Risk-signal operators: Great Expectations rules, drift against the reference set, and
-certificate context (the radius against the geometry of the reference data)."""
+"""Risk-signal operators: Great Expectations rules, drift against the reference set, and the
+context step: certificate context (the radius against the geometry of the reference data), the
+signals that do not trust the certificate, and the tier calibration.
+
+Every step compares the batch with the reference's ``index`` role (``ReferenceRoles``): the
+rules' profile, the drift tests and novelty, context and the neighbours. The ``signal`` and
+``tier`` roles calibrate the signals and the tier thresholds and never serve as neighbours.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +19,16 @@ from airflow.sdk import Context
 from certrisk.operators.artifacts import read_parquet, write_parquet
 from certrisk.operators.base import CertriskOperator
 from certrisk.operators.cache import ArtifactCache
-from certrisk.operators.reference import load_reference, read_staged_batch, reference_sample
+from certrisk.operators.reference import read_staged_batch, reference_roles_of, rule_suite
+from certrisk.operators.reference_scoring import ReferenceScoring
 from certrisk.risk.context import batch_context
 from certrisk.risk.data import Batch, batch_sha256
 from certrisk.risk.drift import detect_drift
 from certrisk.risk.health import health_from_logits, reference_logits, reference_logits_key
 from certrisk.risk.models import LoadedModel, load_model
-from certrisk.risk.reference import ReferenceProfile, certify_reference, reference_certificates_key
-from certrisk.risk.rules import build_expectations, check_rules
+from certrisk.risk.rules import check_rules
+from certrisk.risk.score_inputs import signal_classes
 from certrisk.schemas.errors import ModelLoadError
-from certrisk.schemas.policy import MethodSpec
 
 
 class _BatchOperator(CertriskOperator):
@@ -35,7 +41,7 @@ class _BatchOperator(CertriskOperator):
 
 class RuleCheckOperator(_BatchOperator):
     """Validate the staged batch with the policy's Great Expectations suite (profiled defaults
-    from the reference set plus the policy's own expectations).
+    from the reference's index role plus the policy's own expectations).
 
     Writes ``rule_samples.parquet`` (per sample) and ``rule_expectations.parquet``.
     """
@@ -43,12 +49,7 @@ class RuleCheckOperator(_BatchOperator):
     def run(self, context: Context) -> dict:
         lp = self.loaded_policy
         batch = read_staged_batch(lp, self.batch)
-        reference = load_reference(lp)
-        expectations = build_expectations(
-            lp.policy.rules,
-            reference.to_frame().drop(columns=["label"], errors="ignore"),
-            reference.feature_names,
-        )
+        expectations = rule_suite(lp, reference_roles_of(lp).index)
         results = check_rules(batch.to_frame(), expectations)
         root = self.run_dir(context)
         out = {
@@ -68,8 +69,8 @@ class RuleCheckOperator(_BatchOperator):
 
 
 class DriftOperator(_BatchOperator):
-    """Test the staged batch for drift against the reference set (feature tests, MMD, classifier
-    test as the policy names, corrected across families) and score per-sample novelty.
+    """Test the staged batch for drift against the reference's index role (feature tests, MMD,
+    classifier test as the policy names, corrected across families) and score per-sample novelty.
 
     Writes ``drift_tests.parquet`` and ``novelty.parquet``.
     """
@@ -78,7 +79,7 @@ class DriftOperator(_BatchOperator):
         lp = self.loaded_policy
         pol = lp.policy
         batch = read_staged_batch(lp, self.batch)
-        reference = reference_sample(load_reference(lp), pol.drift.max_reference)
+        reference = reference_roles_of(lp).index
         result = detect_drift(
             reference.features,
             batch.features,
@@ -109,10 +110,14 @@ class DriftOperator(_BatchOperator):
 
 
 class ContextOperator(CertriskOperator):
-    """Put each certificate in context: distances to the nearest reference samples of another
-    and of the same class, the share of reference samples inside the certified ball, and the
-    radius's percentile among the reference set's own radii (certified once per model, policy
-    and reference, kept in the artifact cache under CERTRISK_HOME).
+    """The context step: each certificate against the reference's index role (distances to the
+    nearest index samples of another and of the same class, the share inside the certified ball,
+    the radius's percentile among the index's own radii), the signals that do not trust the
+    certificate (``certrisk.operators.reference_scoring``: reference-neighbour disagreement in
+    input and feature space, calibrated on the signal role) and the tier calibration (the tier
+    role scored like a batch). Reference certificates, outputs and the tier role's risks are
+    computed once per model, policy and reference and kept in the artifact cache under
+    CERTRISK_HOME.
 
     Also checks the model's health on the labelled reference once per run (``certrisk.risk.
     health``: finite logits, accuracy above chance, class recall, no dominant class) before the
@@ -120,9 +125,11 @@ class ContextOperator(CertriskOperator):
     the reference certificates.
 
     :param batch: the ValidateBatchOperator's dict; :param certified: the merge step's dict.
-    Writes ``context.parquet``; returns the reference abstention rate of the driving method (the
-    batch abstention test's baseline), per-method reference figures under ``reference`` and the
-    health record under ``model_health`` (None when the reference has no labels).
+    Writes ``context.parquet`` and ``signals.parquet``; returns the index's abstention rate of the
+    driving method (the batch abstention test's baseline), per-method reference figures under
+    ``reference``, the health record under ``model_health`` (None when the reference has no
+    labels) and the tier calibration under ``calibration`` (``TierCalibration.to_dict()``, None
+    when not calibrated).
     """
 
     template_fields: Sequence[str] = (*CertriskOperator.template_fields, "batch", "certified")
@@ -136,50 +143,53 @@ class ContextOperator(CertriskOperator):
     def run(self, context: Context) -> dict:
         pol = self.loaded_policy.policy
         batch = read_staged_batch(self.loaded_policy, self.batch)
-        reference = reference_sample(load_reference(self.loaded_policy), pol.drift.max_reference)
+        roles = reference_roles_of(self.loaded_policy)
         certificates = read_parquet(self.certified["certificates"])
         specs = [s for s in pol.certification.methods if (certificates["method"] == str(s.method)).any()]
-        profile = ReferenceProfile().fit(
-            reference.features, reference.labels, certificates=self.reference_certificates(reference, specs)
-        )
+        ref = self.reference_scoring(roles, specs)
+        profile = ref.profile()
         frame = batch_context(profile, batch.features, certificates, ids=batch.ids, specs=specs)
+        signals = ref.signals(
+            batch.ids,
+            batch.features,
+            ref.batch_features(batch),
+            signal_classes(certificates, read_parquet(self.certified["predictions"]), pol),
+        )
+        calibration = ref.tier_calibration(profile)
         driving = str(pol.certification.driving.method)
+        root = self.run_dir(context)
         out = {
-            "context": write_parquet(self.run_dir(context) / "context.parquet", frame),
+            "context": write_parquet(root / "context.parquet", frame),
+            "signals": write_parquet(root / "signals.parquet", signals),
             "reference": {str(s.method): profile.certificate_summary(s.method) for s in specs},
             "reference_abstention_rate": profile.abstention_rate(driving),
             "n_reference": profile.n_reference_,
-            "model_health": self.model_health(reference),
+            "model_health": self.model_health(roles.fitted),
+            "calibration": None if calibration is None else calibration.to_dict(),
         }
         self.log.info(
-            "context: %d rows; reference abstention of %s %.1f%% over %d reference samples",
+            "context: %d rows; signals %s; reference abstention of %s %.1f%% over %d index samples; %s",
             len(frame),
+            sorted(set(signals["signal"])),
             driving,
             100 * out["reference_abstention_rate"],
             out["n_reference"],
+            "tiers not calibrated" if calibration is None else calibration.guarantee,
         )
         return out
 
-    def reference_certificates(self, reference: Batch, specs: Sequence[MethodSpec]) -> dict[str, dict]:
-        """{method: {"radius", "abstained"}} of the reference set, from the artifact cache; the
-        reference is certified (and the model loaded) only for methods the cache lacks."""
+    def reference_scoring(self, roles, specs) -> ReferenceScoring:
+        """The reference's side of this step (certificates, outputs, signals, tier calibration)."""
         lp = self.loaded_policy
-        device = self.device or lp.policy.certification.device
-        cache, reference_sha256 = ArtifactCache(), batch_sha256(reference)
-        inputs = reference.inputs(lp.policy.model.input_shape)
-        out = {}
-        for spec in specs:
-            key = reference_certificates_key(
-                spec,
-                model_sha256=self.certified["model_sha256"],
-                policy_sha256=lp.sha256,
-                reference_sha256=reference_sha256,
-                device=device,
-            )
-            out[str(spec.method)] = cache.get_or_compute_arrays(
-                "reference_certificates", key, partial(self._certify_reference, inputs, reference.ids, spec)
-            )
-        return out
+        return ReferenceScoring(
+            lp=lp,
+            roles=roles,
+            specs=specs,
+            model_sha256=self.certified["model_sha256"],
+            device=self.device or lp.policy.certification.device,
+            model=self.certifying_model,
+            log=self.log,
+        )
 
     def model_health(self, reference: Batch) -> dict | None:
         """The health record (``ModelHealth.to_dict()``) of the model that certified the batch on
@@ -205,10 +215,6 @@ class ContextOperator(CertriskOperator):
         loaded = self.certifying_model()
         inputs = reference.inputs(self.loaded_policy.policy.model.input_shape)
         return reference_logits(loaded.module, inputs, device=loaded.device)
-
-    def _certify_reference(self, inputs, ids, spec: MethodSpec) -> dict:
-        loaded = self.certifying_model()
-        return certify_reference(loaded.module, inputs, ids, spec, device=loaded.device)
 
     def certifying_model(self) -> LoadedModel:
         """The policy's model; ModelLoadError when its file is not the one that certified the batch."""

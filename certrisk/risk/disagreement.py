@@ -13,7 +13,10 @@ distance to the k nearest reference samples of any other class: 0 when the predi
 samples are much closer than any other's, 1/2 on a boundary between reference classes, towards 1
 when the prediction disagrees with every nearby reference sample. Its conformal p-value against
 held-out clean calibration samples (``certrisk.risk.conformal``) is super-uniform for clean
-inputs; the factor is 1 - p.
+inputs (``disagreement_factor`` = 1 - p). The production factor (``signal_frame``) records that
+p-value for explanation and weighs a continuous scale instead (``certrisk.risk.calibration.
+signal_scale``): 0 below the clean calibration scores' tail, rising to 1 at the boundary 1/2,
+which neither ties among clean samples nor adds noise to most of them.
 
 Distances are computed in row blocks with ``torch.cdist`` on the given device.
 """
@@ -21,9 +24,12 @@ Distances are computed in row blocks with ``torch.cdist`` on the given device.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
+from certrisk.risk.calibration import signal_scale
 from certrisk.risk.conformal import conformal_pvalues
+from certrisk.schemas.columns import SAMPLE_ID, SIGNAL_COLUMNS, conform
 from certrisk.schemas.errors import InputError
 
 DEFAULT_K = 10
@@ -84,7 +90,7 @@ def disagreement_score(d_same: np.ndarray, d_other: np.ndarray) -> np.ndarray:
     d_same = np.asarray(d_same, dtype=np.float64)
     d_other = np.asarray(d_other, dtype=np.float64)
     total = d_same + d_other
-    out = np.divide(d_same, total, out=np.full_like(total, 0.5), where=total > 0)
+    out = np.divide(d_same, total, out=np.full_like(total, 0.5), where=(total > 0) & np.isfinite(d_same))
     return np.where(np.isinf(d_same), 1.0, out)
 
 
@@ -95,3 +101,46 @@ def disagreement_factor(scores: np.ndarray, calibration_scores: np.ndarray) -> n
     with probability at most a.
     """
     return 1.0 - conformal_pvalues(calibration_scores, scores)
+
+
+def neighbour_scores(
+    queries: np.ndarray,
+    predicted: np.ndarray,
+    index: np.ndarray,
+    index_labels: np.ndarray,
+    *,
+    k: int = DEFAULT_K,
+    norm: str = "l2",
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """``disagreement_score`` of each query against the index, float64 of shape (n,).
+
+    queries : array of shape (n, d); predicted : int (n,), the class each query is compared with
+    (a negative class, ABSTAIN, has no reference sample: score 1); index : (m, d) with int labels
+    (m,); k and norm as in ``class_distances``.
+    """
+    return disagreement_score(
+        *class_distances(queries, index, index_labels, predicted, k=k, norm=norm, device=device)
+    )
+
+
+def signal_frame(
+    name: str, ids, scores: np.ndarray, calibration_scores: np.ndarray, *, tail: float
+) -> pd.DataFrame:
+    """SIGNAL_COLUMNS rows of one signal: its ``score``, the conformal ``p_value`` of the score
+    among the clean ``calibration_scores`` (shape (n_calibration,)) and the ``factor``
+    ``signal_scale(calibration_scores, score, tail=tail)``, one row per id (scores of shape (n,) in
+    [0, 1])."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(s) != len(ids):
+        raise InputError(f"signal {name!r}: {len(s)} score(s) for {len(ids)} sample id(s)")
+    frame = pd.DataFrame(
+        {
+            SAMPLE_ID: [str(i) for i in ids],
+            "signal": name,
+            "score": s,
+            "p_value": conformal_pvalues(calibration_scores, s),
+            "factor": signal_scale(calibration_scores, s, tail=tail),
+        }
+    )
+    return conform(frame, SIGNAL_COLUMNS, table="signals")

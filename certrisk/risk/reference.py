@@ -8,6 +8,13 @@ and calibration can share it instead of each re-reading and re-checking the refe
 
 The profile does no I/O and certifies nothing: the caller passes the reference certificates in,
 typically from ``certify_reference`` through a cache keyed by ``reference_certificates_key``.
+``reference_certificate_frame`` turns those arrays back into certificate rows, so that reference
+samples can be scored exactly like a batch (the tier calibration does).
+
+Roles (``reference_roles``): the batch path compares batches with the ``index`` role only
+(neighbours, novelty, context, drift, rules' profile), so that the ``signal`` and ``tier``
+calibration samples never find themselves as their own neighbour and the ``evaluation`` role stays
+held out from everything.
 """
 
 from __future__ import annotations
@@ -17,21 +24,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from certrisk import __version__
 from certrisk.risk.certify.batch import derive_seeds
 from certrisk.risk.certify.dispatch import certify_with_spec
 from certrisk.risk.inputs import sample_matrix
-from certrisk.schemas.columns import finite_or_raise
+from certrisk.schemas.columns import CERTIFICATE_COLUMNS, SAMPLE_ID, conform, finite_or_raise
 from certrisk.schemas.errors import InputError
-from certrisk.schemas.policy import MethodSpec
+from certrisk.schemas.policy import MethodSpec, SmoothingSpec
 
 #: The run key the reference certificates' seeds derive from (``derive_seeds``), so that the
 #: reference is certified with the same noise in every DAG run.
 REFERENCE_RUN_KEY = "reference"
 #: Version of how the reference certificates are computed (seeds, arrays kept); part of their
 #: cache key, so that changing the computation never reads certificates made the old way.
-REFERENCE_CERTIFICATES_VERSION = 2
+REFERENCE_CERTIFICATES_VERSION = 3
 
 
 def certify_reference(
@@ -49,12 +57,51 @@ def certify_reference(
 
     Returns
     -------
-    dict with ``radius`` (float64 (n_reference,), in the spec's norm, 0 when abstained) and
-    ``abstained`` (bool (n_reference,)).
+    dict with ``radius`` (float64 (n_reference,), in the spec's norm, 0 when abstained),
+    ``abstained`` (bool (n_reference,)) and ``prediction`` (int64 (n_reference,), the certified
+    class, ABSTAIN where abstained).
     """
     seeds = derive_seeds(REFERENCE_RUN_KEY, [str(i) for i in ids], str(spec.method))
     cert = certify_with_spec(model, inputs, spec, seeds=seeds, device=device)
-    return {"radius": cert.radius.astype(np.float64), "abstained": cert.abstained.astype(bool)}
+    return {
+        "radius": cert.radius.astype(np.float64),
+        "abstained": cert.abstained.astype(bool),
+        "prediction": cert.prediction.astype(np.int64),
+    }
+
+
+def reference_certificate_frame(
+    ids: Sequence[str], spec: MethodSpec, arrays: Mapping[str, np.ndarray]
+) -> pd.DataFrame:
+    """CERTIFICATE_COLUMNS rows of one method's reference certificates (``certify_reference``'s
+    arrays, each of shape (n,)), one per id: what the scorer reads (method, prediction,
+    abstained, radius, the spec's sigma, alpha and eps) filled in, the rest NaN or 0."""
+    n = len(ids)
+    missing = [k for k in ("radius", "abstained", "prediction") if k not in arrays]
+    if missing:
+        raise InputError(f"reference certificates of {str(spec.method)!r}: missing {missing}")
+    smoothing = isinstance(spec, SmoothingSpec)
+    frame = pd.DataFrame(
+        {
+            SAMPLE_ID: [str(i) for i in ids],
+            "method": str(spec.method),
+            "norm": str(spec.norm),
+            "prediction": np.asarray(arrays["prediction"], dtype=np.int64).reshape(n),
+            "abstained": np.asarray(arrays["abstained"], dtype=bool).reshape(n),
+            "radius": np.asarray(arrays["radius"], dtype=np.float64).reshape(n),
+            **{c: np.nan for c in ("radius_l1", "radius_l2", "radius_linf", "p_lower")},
+            "n_forward": 0,
+            "alpha": spec.alpha if smoothing else np.nan,
+            "sigma": spec.sigma if smoothing else np.nan,
+            "eps": getattr(spec, "eps", None) if getattr(spec, "eps", None) is not None else np.nan,
+            "seed": 0,
+            "seconds": np.nan,
+            "peak_bytes": 0,
+            "device": "",
+            "dtype": "",
+        }
+    )
+    return conform(frame, CERTIFICATE_COLUMNS, table="reference certificates")
 
 
 def reference_certificates_key(

@@ -2,8 +2,10 @@
 
 Per sample (``score_samples``), the factors of ``certrisk.schemas.factors.FACTOR_SPECS``, each
 in [0, 1] and defined there: ``abstention`` (the driving certificate abstained, or the base
-logits were not finite), ``radius_rank``, ``context``, ``rules``, ``novelty``, ``instability`` and
-``method_disagreement`` (two methods certified different classes). The driving certificate is
+logits were not finite), ``radius_rank``, ``context``, ``rules``, ``novelty``, ``instability``,
+``method_disagreement`` (two methods certified different classes) and the signals that do not
+trust the certificate, ``neighbours`` and ``feature_neighbours`` (reference-neighbour
+disagreement, read from the context step's SIGNAL_COLUMNS table). The driving certificate is
 ``CertificationSpec.driving``'s: for a smoothing method, the row at its sigma and alpha. A factor
 whose input is not given is not measured: 0, and listed as such. ``abstained`` counts what the
 reference abstention rate counts (the driving certificate's abstention), so the batch test
@@ -14,7 +16,9 @@ documents why the default weights make abstention alone reach tier high and keep
 sample with certificate factors only below any abstained one). The rule is monotone: raising any
 factor never lowers the risk. Each factor's contribution is its share of the risk in log space,
 ``risk * L_i / sum_j L_j`` with ``L_i = -log(1 - w_i f_i)``; contributions are non-negative and
-sum to the risk. Tiers come from ``certrisk.risk.tiering``; RMF evidence from
+sum to the risk. Tiers come from ``certrisk.risk.tiering``: the calibrated thresholds of a
+``TierCalibration`` when one is given (else the policy's fixed ones), each sample raised to the
+tier floor of the worst rule it failed (``rule_floors``); RMF evidence from
 ``certrisk.risk.evidence``.
 
 No factor, record or message here states that a sample was not attacked: a certificate bounds
@@ -23,30 +27,39 @@ the distance to a class change, not to an adversarial input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
+from certrisk.risk.calibration import TierCalibration
 from certrisk.risk.evidence import sample_rmf_ids
-from certrisk.risk.tiering import assign_tiers, some_ids, tier_of
+from certrisk.risk.score_inputs import (
+    Driving,
+    SampleSet,
+    driving_certificates,
+    id_series,
+    in_unit,
+    one_per_sample,
+    positions,
+    sample_set,
+    scatter,
+)
+from certrisk.risk.tiering import assign_tiers, tier_of
 from certrisk.schemas.columns import (
     ABSTAIN,
-    CERTIFICATE_COLUMNS,
     CONTEXT_COLUMNS,
     FACTORS,
     NONFINITE_LOGITS_ATTR,
     NOVELTY_COLUMNS,
-    PREDICTION_COLUMNS,
     RULE_SAMPLE_COLUMNS,
     SAMPLE_ID,
     SAMPLE_RISK_COLUMNS,
+    SIGNAL_COLUMNS,
     conform,
 )
 from certrisk.schemas.enums import Tier
 from certrisk.schemas.errors import InputError
-from certrisk.schemas.factors import NOT_MEASURED_NOTES, SEVERITY_FACTOR
-from certrisk.schemas.policy import Policy, ScoringSpec, SmoothingSpec
+from certrisk.schemas.factors import NOT_MEASURED_NOTES, SEVERITY_FACTOR, SEVERITY_TIER_FLOOR, SIGNAL_FACTORS
+from certrisk.schemas.policy import Policy, ScoringSpec
 
 #: The factors a certified sample's own certificate gives (radius, context, instability).
 CERTIFICATE_FACTORS = ("radius_rank", "context", "instability")
@@ -99,10 +112,11 @@ def _risk_of(policy: Policy, ones: tuple[str, ...]) -> float:
     return float(combine_factors(f, weight_vector(policy.scoring))[0])
 
 
-def abstention_alone(policy: Policy) -> tuple[float, Tier]:
-    """Risk and tier of a sample whose only factor is abstention, under ``policy``."""
+def abstention_alone(policy: Policy, calibration: TierCalibration | None = None) -> tuple[float, Tier]:
+    """Risk and tier of a sample whose only factor is abstention, under ``policy`` (and the tier
+    ``calibration`` when given; else the fixed thresholds)."""
     risk = _risk_of(policy, ("abstention",))
-    return risk, tier_of(risk, policy.scoring)
+    return risk, tier_of(risk, policy.scoring, calibration)
 
 
 def certified_ceiling(policy: Policy) -> float:
@@ -111,158 +125,20 @@ def certified_ceiling(policy: Policy) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# input checks
-
-
-def _id_series(frame: pd.DataFrame, table: str) -> pd.Series:
-    col = frame[SAMPLE_ID]
-    missing = col.isna().to_numpy()
-    if missing.any():
-        raise InputError(f"{table}: missing sample_id in row {int(np.flatnonzero(missing)[0])}")
-    return col
-
-
-def _positions(index: pd.Index, ids: pd.Series, table: str) -> np.ndarray:
-    """Row positions of ``ids`` in the predictions' index; raise naming unknown ids."""
-    pos = index.get_indexer(ids)
-    if (pos < 0).any():
-        unknown = pd.unique(ids.to_numpy(dtype=object)[pos < 0])
-        raise InputError(f"{table}: {len(unknown)} sample_id(s) not in the predictions: {some_ids(unknown)}")
-    return pos
-
-
-def _one_per_sample(pos: np.ndarray, n: int, ids: np.ndarray, table: str, what: str) -> None:
-    counts = np.bincount(pos, minlength=n)
-    if (counts == 0).any():
-        raise InputError(
-            f"{table}: no {what} row for {int((counts == 0).sum())} sample(s): {some_ids(ids[counts == 0])}"
-        )
-    if (counts > 1).any():
-        raise InputError(
-            f"{table}: duplicate {what} rows for {int((counts > 1).sum())} sample(s): {some_ids(ids[counts > 1])}"
-        )
-
-
-def _in_unit(values: np.ndarray, ids: np.ndarray, table: str, column: str) -> None:
-    bad = np.isnan(values) | (values < 0) | (values > 1)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"{table}: column {column!r} must lie in [0, 1] without NaN; row {row} (sample_id "
-            f"{str(ids[row])!r}) holds {values[row]!r}; {int(bad.sum())} row(s) affected"
-        )
-
-
-def _scatter(pos: np.ndarray, values, n: int) -> np.ndarray:
-    """float64 array of shape (n,) holding ``values`` at row positions ``pos``."""
-    out = np.empty(n, dtype=np.float64)
-    out[pos] = np.asarray(values, dtype=np.float64)
-    return out
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """The sample set fixed by the predictions: ids in order (for messages) and their index."""
-
-    preds: pd.DataFrame
-    index: pd.Index
-    ids: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return len(self.index)
-
-
-def _batch(predictions: pd.DataFrame) -> _Batch:
-    preds = conform(predictions, PREDICTION_COLUMNS, table="predictions")
-    id_series = _id_series(preds, "predictions")
-    if len(id_series) == 0:
-        raise InputError("predictions: empty batch (no samples to score)")
-    index = pd.Index(id_series)
-    ids = id_series.to_numpy(dtype=object)
-    if not index.is_unique:
-        raise InputError(
-            f"predictions: duplicate sample_id(s): {some_ids(pd.unique(ids[index.duplicated()]))}"
-        )
-    return _Batch(preds, index, ids)
-
-
-# --------------------------------------------------------------------------------------------
-# certificates: the driving row per sample, disagreement across all rows
-
-
-@dataclass(frozen=True)
-class _Driving:
-    """Per sample, arrays of shape (n_samples,): the driving certificate's class (ABSTAIN when it
-    abstained), whether it abstained, and whether the methods that gave a class disagree."""
-
-    method: str
-    prediction: np.ndarray
-    abstained: np.ndarray
-    disagree: np.ndarray
-
-
-def _driving_rows(certs: pd.DataFrame, policy: Policy) -> tuple[np.ndarray, str, str]:
-    """Mask of the driving method's certificate rows (for smoothing: at the policy's sigma and
-    alpha), the method name and a description for messages."""
-    spec = policy.certification.driving
-    name = spec.method.value
-    mask = certs["method"].eq(name).fillna(False).to_numpy(dtype=bool)
-    if not isinstance(spec, SmoothingSpec):
-        return mask, name, name
-    sigma = certs["sigma"].to_numpy(dtype=np.float64)
-    alpha = certs["alpha"].to_numpy(dtype=np.float64)
-    mask &= np.isclose(sigma, spec.sigma, rtol=1e-9, atol=0.0)
-    mask &= np.isclose(alpha, spec.alpha, rtol=1e-9, atol=0.0)
-    return mask, name, f"{name} (sigma={spec.sigma}, alpha={spec.alpha})"
-
-
-def _methods_disagree(pos: np.ndarray, pred: np.ndarray, gave: np.ndarray, n: int) -> np.ndarray:
-    """True where two certificates of a sample that each gave a class gave different ones."""
-    lo = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    hi = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
-    np.minimum.at(lo, pos[gave], pred[gave])
-    np.maximum.at(hi, pos[gave], pred[gave])
-    return (np.bincount(pos[gave], minlength=n) > 0) & (lo != hi)
-
-
-def _driving(certificates: pd.DataFrame, batch: _Batch, policy: Policy) -> _Driving:
-    certs = conform(certificates, CERTIFICATE_COLUMNS, table="certificates")
-    n, ids = batch.n, batch.ids
-    pos = _positions(batch.index, _id_series(certs, "certificates"), "certificates")
-    missing = np.bincount(pos, minlength=n) == 0
-    if missing.any():
-        raise InputError(
-            f"certificates: no certificate for {int(missing.sum())} sample(s): {some_ids(ids[missing])}"
-        )
-    pred = certs["prediction"].to_numpy(dtype=np.int64)
-    abst = certs["abstained"].to_numpy(dtype=bool) | (pred < 0)  # ABSTAIN, or any negative class
-    mask, method, what = _driving_rows(certs, policy)
-    drive_pos = pos[mask]
-    _one_per_sample(drive_pos, n, ids, "certificates", f"driving certificate ({what})")
-    prediction = np.empty(n, dtype=np.int64)
-    prediction[drive_pos] = pred[mask]
-    drive_abst = np.empty(n, dtype=bool)
-    drive_abst[drive_pos] = abst[mask]
-    prediction[drive_abst] = ABSTAIN
-    return _Driving(method, prediction, drive_abst, _methods_disagree(pos, pred, ~abst, n))
-
-
-# --------------------------------------------------------------------------------------------
 # factors from the optional inputs: each returns {factor name: array of shape (n_samples,)}
 
 
-def _context_factors(context: pd.DataFrame, batch: _Batch, drive: _Driving) -> dict[str, np.ndarray]:
-    n, ids = batch.n, batch.ids
+def _context_factors(context: pd.DataFrame, samples: SampleSet, drive: Driving) -> dict[str, np.ndarray]:
+    n, ids = samples.n, samples.ids
     ctx = conform(context, CONTEXT_COLUMNS, table="context")
     ctx = ctx.loc[ctx["method"].eq(drive.method).fillna(False).to_numpy(dtype=bool)]
-    pos = _positions(batch.index, _id_series(ctx, "context"), "context")
-    _one_per_sample(pos, n, ids, "context", f"{drive.method!r}")
-    pct = _scatter(pos, ctx["radius_percentile"], n)
-    ratio = _scatter(pos, ctx["radius_over_dist"], n)
+    pos = positions(samples.index, id_series(ctx, "context"), "context")
+    one_per_sample(pos, n, ids, "context", f"{drive.method!r}")
+    pct = scatter(pos, ctx["radius_percentile"], n)
+    ratio = scatter(pos, ctx["radius_over_dist"], n)
     pct[drive.abstained & np.isnan(pct)] = 0.0
     ratio[drive.abstained & np.isnan(ratio)] = 0.0
-    _in_unit(pct, ids, "context", "radius_percentile")
+    in_unit(pct, ids, "context", "radius_percentile")
     bad = np.isnan(ratio) | (ratio < 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -273,31 +149,92 @@ def _context_factors(context: pd.DataFrame, batch: _Batch, drive: _Driving) -> d
     return {"radius_rank": 1.0 - pct, "context": np.clip(1.0 - 2.0 * ratio, 0.0, 1.0)}
 
 
-def _rule_factors(rules: pd.DataFrame, batch: _Batch) -> dict[str, np.ndarray]:
+def _severities(rules: pd.DataFrame, samples: SampleSet) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, max_severity values) of a RULE_SAMPLE_COLUMNS frame, one row per sample, checked."""
     rs = conform(rules, RULE_SAMPLE_COLUMNS, table="rules")
-    pos = _positions(batch.index, _id_series(rs, "rules"), "rules")
-    _one_per_sample(pos, batch.n, batch.ids, "rules", "rule result")
-    codes, uniques = pd.factorize(rs["max_severity"].fillna("<missing>"))
-    unknown = [u for u in uniques if u not in SEVERITY_FACTOR]
+    pos = positions(samples.index, id_series(rs, "rules"), "rules")
+    one_per_sample(pos, samples.n, samples.ids, "rules", "rule result")
+    severity = rs["max_severity"].fillna("<missing>").to_numpy(dtype=object)
+    unknown = sorted(set(severity) - set(SEVERITY_FACTOR))
     if unknown:
         raise InputError(
             f"rules: column 'max_severity' holds unknown value(s) {unknown}; known: {list(SEVERITY_FACTOR)}"
         )
+    return pos, severity
+
+
+def _rule_factors(rules: pd.DataFrame, samples: SampleSet) -> dict[str, np.ndarray]:
+    pos, severity = _severities(rules, samples)
+    codes, uniques = pd.factorize(severity)
     values = np.array([SEVERITY_FACTOR[u] for u in uniques], dtype=np.float64)
-    return {"rules": _scatter(pos, values[codes], batch.n)}
+    return {"rules": scatter(pos, values[codes], samples.n)}
 
 
-def _novelty_factors(novelty: pd.DataFrame, batch: _Batch) -> dict[str, np.ndarray]:
+def rule_floors(rules: pd.DataFrame | None, predictions: pd.DataFrame) -> np.ndarray:
+    """Each sample's tier floor from the rules it failed (SEVERITY_TIER_FLOOR, as Tier.rank), int64
+    of shape (n_samples,) in the order of ``predictions``; zeros (low) when ``rules`` is None."""
+    samples = sample_set(predictions)
+    floor = np.zeros(samples.n, dtype=np.int64)
+    if rules is not None:
+        pos, severity = _severities(rules, samples)
+        floor[pos] = [SEVERITY_TIER_FLOOR[v].rank for v in severity]
+    return floor
+
+
+def _novelty_factors(novelty: pd.DataFrame, samples: SampleSet) -> dict[str, np.ndarray]:
     nv = conform(novelty, NOVELTY_COLUMNS, table="novelty")
-    pos = _positions(batch.index, _id_series(nv, "novelty"), "novelty")
-    _one_per_sample(pos, batch.n, batch.ids, "novelty", "novelty")
-    pct = _scatter(pos, nv["novelty_percentile"], batch.n)
-    _in_unit(pct, batch.ids, "novelty", "novelty_percentile")
+    pos = positions(samples.index, id_series(nv, "novelty"), "novelty")
+    one_per_sample(pos, samples.n, samples.ids, "novelty", "novelty")
+    pct = scatter(pos, nv["novelty_percentile"], samples.n)
+    in_unit(pct, samples.ids, "novelty", "novelty_percentile")
     return {"novelty": pct}
+
+
+def _signal_factors(signals: pd.DataFrame, samples: SampleSet) -> dict[str, np.ndarray]:
+    """The factor of every signal the SIGNAL_COLUMNS frame holds (one row per sample each)."""
+    sg = conform(signals, SIGNAL_COLUMNS, table="signals")
+    names = sg["signal"].fillna("<missing>").to_numpy(dtype=object)
+    unknown = sorted(set(names) - set(SIGNAL_FACTORS))
+    if unknown:
+        raise InputError(
+            f"signals: column 'signal' holds unknown value(s) {unknown}; known: {list(SIGNAL_FACTORS)}"
+        )
+    out = {}
+    for name in SIGNAL_FACTORS:
+        rows = sg.loc[names == name]
+        if not len(rows):
+            continue
+        pos = positions(samples.index, id_series(rows, "signals"), "signals")
+        one_per_sample(pos, samples.n, samples.ids, "signals", f"{name!r} signal")
+        values = scatter(pos, rows["factor"], samples.n)
+        in_unit(values, samples.ids, "signals", f"factor of {name!r}")
+        out[name] = values
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # per-sample score
+
+
+def _factor_values(samples: SampleSet, drive: Driving, abstained: np.ndarray, inputs: dict) -> dict:
+    """{factor name: values of shape (n_samples,)} of every measured factor."""
+    base_prediction = samples.preds["base_prediction"].to_numpy(dtype=np.int64)
+    prediction = np.where(abstained, ABSTAIN, drive.prediction)
+    values = {
+        "abstention": abstained,
+        "instability": (~abstained) & (base_prediction != prediction),
+        "method_disagreement": drive.disagree,
+    }
+    readers = {
+        "context": lambda frame: _context_factors(frame, samples, drive),
+        "rules": lambda frame: _rule_factors(frame, samples),
+        "novelty": lambda frame: _novelty_factors(frame, samples),
+        "signals": lambda frame: _signal_factors(frame, samples),
+    }
+    for name, read in readers.items():
+        if inputs.get(name) is not None:
+            values.update(read(inputs[name]))
+    return values
 
 
 def score_samples(
@@ -308,6 +245,8 @@ def score_samples(
     rules: pd.DataFrame | None = None,
     novelty: pd.DataFrame | None = None,
     context: pd.DataFrame | None = None,
+    signals: pd.DataFrame | None = None,
+    calibration: TierCalibration | None = None,
 ) -> pd.DataFrame:
     """Score every sample of a batch.
 
@@ -319,9 +258,15 @@ def score_samples(
         and the output order.
     policy : the model's Policy (weights, thresholds, certification methods).
     rules : DataFrame with RULE_SAMPLE_COLUMNS, one row per sample, or None (not measured).
+        Besides the ``rules`` factor, each sample's worst failed severity is a tier floor
+        (SEVERITY_TIER_FLOOR: critical makes the sample critical, warning at least medium).
     novelty : DataFrame with NOVELTY_COLUMNS, one row per sample, or None (not measured).
     context : DataFrame with CONTEXT_COLUMNS, one row per sample for the driving method (other
         methods' rows are ignored), or None (radius_rank and context not measured).
+    signals : DataFrame with SIGNAL_COLUMNS, one row per sample for each signal it holds (the
+        factors of SIGNAL_FACTORS it lacks are not measured), or None (none measured).
+    calibration : the tier calibration (``certrisk.risk.calibration.calibrate_tiers``) whose
+        thresholds set the tiers, or None: the policy's fixed thresholds.
 
     Returns
     -------
@@ -330,52 +275,42 @@ def score_samples(
     ``abstained`` is true when the driving certificate abstained or the base model's logits for
     the sample were not all finite (``nonfinite_base``): the definition the reference abstention
     rate uses. Method disagreement is the ``method_disagreement`` factor; the prediction of a
-    disagreeing sample is kept, so a reviewer sees what the driving certificate said. ``factor_<name>`` holds
-    contributions (summing to ``risk``); ``top_factors`` the factors with a positive contribution,
-    largest first; ``rmf_ids`` the NIST AI RMF subcategories the sample's evidence supports. Rows
-    of ``top_factors`` and ``rmf_ids`` with equal content share one list object. ``attrs`` holds
-    ``measured`` and ``not_measured`` (factor names) and ``nonfinite_logits`` (ids of the samples
-    that abstained because their base logits were not finite), which ``score_batch`` reports.
+    disagreeing sample is kept, so a reviewer sees what the driving certificate said.
+    ``factor_<name>`` holds contributions (summing to ``risk``); ``top_factors`` the factors
+    with a positive contribution, largest first; ``rmf_ids`` the NIST AI RMF subcategories the
+    sample's evidence supports. Rows of ``top_factors`` and ``rmf_ids`` with equal content share
+    one list object. ``attrs`` holds ``measured`` and ``not_measured`` (factor names) and
+    ``nonfinite_logits`` (ids of the samples that abstained because their base logits were not
+    finite), which ``score_batch`` reports.
 
     Raises
     ------
     InputError on missing columns, empty or duplicate sample ids, sample_id mismatches between
     the tables (naming a few ids), missing driving certificates, NaN or out-of-range factors.
     """
-    batch = _batch(predictions)
-    drive = _driving(certificates, batch, policy)
-    base_prediction = batch.preds["base_prediction"].to_numpy(dtype=np.int64)
-    nonfinite = nonfinite_base(batch.preds)
+    samples = sample_set(predictions)
+    drive = driving_certificates(certificates, samples, policy)
+    nonfinite = nonfinite_base(samples.preds)
     abstained = drive.abstained | nonfinite
-    prediction = np.where(abstained, ABSTAIN, drive.prediction)
-    values = {
-        "abstention": abstained,
-        "instability": (~abstained) & (base_prediction != prediction),
-        "method_disagreement": drive.disagree,
-    }
-    if context is not None:
-        values.update(_context_factors(context, batch, drive))
-    if rules is not None:
-        values.update(_rule_factors(rules, batch))
-    if novelty is not None:
-        values.update(_novelty_factors(novelty, batch))
+    inputs = {"context": context, "rules": rules, "novelty": novelty, "signals": signals}
+    values = _factor_values(samples, drive, abstained, inputs)
     measured = [name for name in FACTORS if name in values]
-
-    f = np.zeros((batch.n, len(FACTORS)), dtype=np.float64, order="F")
+    f = np.zeros((samples.n, len(FACTORS)), dtype=np.float64, order="F")
     for i, name in enumerate(FACTORS):
         if name in values:
             f[:, i] = values[name]
     weights = weight_vector(policy.scoring)
     risk = combine_factors(f, weights)
     contrib = factor_contributions(f, weights, risk)
+    floor = rule_floors(rules, samples.preds)
     out = pd.DataFrame(
         {
-            SAMPLE_ID: batch.preds[SAMPLE_ID],
+            SAMPLE_ID: samples.preds[SAMPLE_ID],
             "risk": risk,
-            "tier": assign_tiers(risk, policy.scoring),
+            "tier": assign_tiers(risk, policy.scoring, calibration=calibration, floor=floor),
             "abstained": abstained,
-            "prediction": prediction,
-            "base_prediction": base_prediction,
+            "prediction": np.where(abstained, ABSTAIN, drive.prediction),
+            "base_prediction": samples.preds["base_prediction"].to_numpy(dtype=np.int64),
             **{f"factor_{name}": contrib[:, i] for i, name in enumerate(FACTORS)},
             "top_factors": _top_factors(contrib),
             "rmf_ids": sample_rmf_ids(abstained, measured),
@@ -384,7 +319,7 @@ def score_samples(
     out = conform(out, SAMPLE_RISK_COLUMNS, table="sample_risk")
     out.attrs["measured"] = measured
     out.attrs["not_measured"] = [name for name in FACTORS if name not in measured]
-    out.attrs[NONFINITE_LOGITS_ATTR] = [str(i) for i in batch.ids[nonfinite]]
+    out.attrs[NONFINITE_LOGITS_ATTR] = [str(i) for i in samples.ids[nonfinite]]
     return out
 
 
@@ -423,6 +358,7 @@ __all__ = [
     "combine_factors",
     "factor_contributions",
     "nonfinite_base",
+    "rule_floors",
     "score_samples",
     "weight_vector",
 ]

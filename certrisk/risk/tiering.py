@@ -1,6 +1,9 @@
 """Tiers: of one sample from its risk, and of a batch from a table of named rules.
 
-A sample's tier compares its risk with the policy's thresholds (``assign_tiers``). A batch's
+A sample's tier compares its risk with the tier thresholds (``assign_tiers``): the calibrated
+ones of a ``certrisk.risk.calibration.TierCalibration`` (split conformal on the reference's tier
+role, ``risk > threshold``) when one is given, else the policy's fixed ones (``risk >=
+threshold``), and is raised to its rule-severity floor. A batch's
 tier is the highest tier among the rules of ``BATCH_RULES`` that fire on the batch's facts
 (``certrisk.risk.batch_facts``: model health, tier shares, the abstention test against the
 reference, drift tests, rule expectations); each rule that fires gives a reason. A broken model
@@ -29,6 +32,7 @@ from certrisk.risk.batch_facts import (
     RuleFinding,
     gather_batch_facts,
 )
+from certrisk.risk.calibration import TIER_TOLERANCE, TierCalibration, fixed_cuts, tier_ranks
 from certrisk.risk.evidence import batch_evidence_kinds
 from certrisk.schemas.columns import FACTORS, NONFINITE_LOGITS_ATTR, SAMPLE_RISK_COLUMNS, conform
 from certrisk.schemas.enums import Tier
@@ -36,10 +40,6 @@ from certrisk.schemas.errors import InputError
 from certrisk.schemas.factors import NOT_MEASURED_NOTES
 from certrisk.schemas.policy import Policy, ScoringSpec
 from certrisk.schemas.rmf import evidence_ids
-
-#: Tier thresholds compare with this tolerance so that a weight equal to a threshold reaches it
-#: despite floating-point rounding of 1 - (1 - w).
-TIER_TOLERANCE = 1e-12
 
 _IDS_SHOWN = 5
 
@@ -56,20 +56,29 @@ def some_ids(ids: Iterable) -> str:
 # sample tiers
 
 
-def assign_tiers(risk: np.ndarray, scoring: ScoringSpec) -> np.ndarray:
-    """Tier values (strings) for risks of shape (n_samples,), from the policy's thresholds."""
-    t = scoring.thresholds
-    r = np.asarray(risk, dtype=np.float64) + TIER_TOLERANCE
-    return np.select(
-        [r >= t[Tier.CRITICAL], r >= t[Tier.HIGH], r >= t[Tier.MEDIUM]],
-        [Tier.CRITICAL.value, Tier.HIGH.value, Tier.MEDIUM.value],
-        default=Tier.LOW.value,
-    ).astype(object)
+_TIER_VALUES = np.array([t.value for t in Tier], dtype=object)
 
 
-def tier_of(risk: float, scoring: ScoringSpec) -> Tier:
-    """The tier of one risk value."""
-    return Tier(assign_tiers(np.array([risk]), scoring)[0])
+def assign_tiers(
+    risk: np.ndarray,
+    scoring: ScoringSpec,
+    *,
+    calibration: TierCalibration | None = None,
+    floor: np.ndarray | None = None,
+) -> np.ndarray:
+    """Tier values (strings, object array of shape (n_samples,)) for risks of shape (n_samples,).
+
+    The thresholds are ``calibration``'s cuts when given, else the policy's fixed thresholds
+    (``risk >= threshold``, with TIER_TOLERANCE); ``floor`` (int Tier ranks of shape (n_samples,),
+    e.g. ``rule_floors``) raises a sample's tier to at least its floor.
+    """
+    cuts = calibration.cuts if calibration is not None else fixed_cuts(scoring)
+    return _TIER_VALUES[tier_ranks(risk, cuts, floor)]
+
+
+def tier_of(risk: float, scoring: ScoringSpec, calibration: TierCalibration | None = None) -> Tier:
+    """The tier of one risk value (no floor)."""
+    return Tier(assign_tiers(np.array([risk]), scoring, calibration=calibration)[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,16 +252,44 @@ def _drift_and_rule_fields(d: DriftFinding | None, r: RuleFinding | None) -> dic
     }
 
 
+#: Name of the tier calibration in the summary's ``not_measured`` list when the policy asks for
+#: calibrated tiers and none was given.
+TIER_CALIBRATION = "tier_calibration"
+_UNCALIBRATED = (
+    "the policy asks for calibrated tiers (scoring.calibration) but no calibration was given (no "
+    "context step, or a reference without a tier role): the fixed thresholds applied, with no "
+    "false-alarm guarantee"
+)
+
+
+def _thresholds(policy: Policy, calibration: TierCalibration | None) -> dict:
+    """The cuts in force, JSON-able: {tier: {"value", "strict", "source"}}."""
+    cuts = calibration.cuts if calibration is not None else fixed_cuts(policy.scoring)
+    return {t.value: {"value": c.value, "strict": c.strict, "source": c.source} for t, c in cuts.items()}
+
+
 def _summary(
-    sr: pd.DataFrame, facts: BatchFacts, reasons: list[tuple[Tier, str]], unmeasured: list[str]
+    sr: pd.DataFrame,
+    facts: BatchFacts,
+    reasons: list[tuple[Tier, str]],
+    unmeasured: list[str],
+    calibration: TierCalibration | None,
+    policy: Policy,
 ) -> dict:
     ran = facts.tests_run
+    uncalibrated = calibration is None and policy.scoring.calibration is not None
     missing = unmeasured + [t.name for t in BATCH_TESTS if not ran[t.name]]
     notes = [f"{name}: {NOT_MEASURED_NOTES.get(name, 'not measured')}" for name in unmeasured]
     notes += [f"{t.name}: {t.not_measured}" for t in BATCH_TESTS if not ran[t.name]]
+    if uncalibrated:
+        missing.append(TIER_CALIBRATION)
+        notes.append(f"{TIER_CALIBRATION}: {_UNCALIBRATED}")
+    elif calibration is not None and not (calibration.feasible and calibration.medium_feasible):
+        notes.append(f"{TIER_CALIBRATION}: {calibration.guarantee}")
     kinds = batch_evidence_kinds(
         measured_factors=[name for name in FACTORS if name not in unmeasured],
-        test_kinds=[t.evidence for t in BATCH_TESTS if ran[t.name]],
+        test_kinds=[t.evidence for t in BATCH_TESTS if ran[t.name]]
+        + (["tier_calibration"] if calibration is not None else []),
         unmeasured=bool(missing),
     )
     risk = sr["risk"].to_numpy(dtype=np.float64)
@@ -273,6 +310,8 @@ def _summary(
         **_drift_and_rule_fields(facts.drift, facts.rules),
         "tier": max((t for t, _ in reasons), default=Tier.LOW).value,
         "reasons": [f"{t.value}: {text}" for t, text in ranked],
+        "thresholds": _thresholds(policy, calibration),
+        "calibration": None if calibration is None else calibration.to_dict(),
         "not_measured": missing,
         "notes": notes,
         "evidence_kinds": list(kinds),
@@ -290,6 +329,7 @@ def score_batch(
     n_reference: int | None = None,
     not_measured: Iterable[str] | None = None,
     model_health: dict | None = None,
+    calibration: TierCalibration | None = None,
 ) -> dict:
     """Summarise a batch and give it a tier with the reasons.
 
@@ -309,6 +349,9 @@ def score_batch(
         figures on the labelled reference and ``problems``), or None (health not checked: listed
         as not measured). Samples whose base logits were not finite are read from
         ``sample_risk.attrs["nonfinite_logits"]`` (``score_samples`` sets it).
+    calibration : the tier calibration the samples were tiered with (``score_samples``'s), or
+        None: the fixed thresholds applied (listed as not measured, ``tier_calibration``, when
+        the policy asks for calibration).
 
     The batch tier is the highest tier of the rules of BATCH_RULES that fire, each listed in
     ``reasons`` (highest tier first, table order within a tier; s = policy.scoring.high_share):
@@ -325,8 +368,11 @@ def score_batch(
     model_healthy, n_nonfinite_logits, nonfinite_logits (sample ids), mean_risk, risk_quantiles
     {p50, p90, p99, max}, tier_counts {low, medium, high, critical}, high_share, drift,
     n_drift_tests, n_drift_tests_rejected, drift_rejected (test:feature names),
-    rule_pass_rate, failed_expectations, tier, reasons, not_measured, notes, evidence_kinds,
-    rmf_ids. Values that were not measured are None.
+    rule_pass_rate, failed_expectations, tier, reasons, thresholds (the cuts in force per tier:
+    value, strict, source), calibration (``TierCalibration.to_dict()``: n_calibration, rates,
+    cuts, conformal thresholds, feasible, shares on the tier role, guarantee; None when not
+    calibrated), not_measured, notes, evidence_kinds, rmf_ids. Values that were not measured are
+    None.
     """
     sr = conform(sample_risk, SAMPLE_RISK_COLUMNS, table="sample_risk")
     if len(sr) == 0:
@@ -344,11 +390,12 @@ def score_batch(
         model_health=model_health,
         nonfinite_ids=sample_risk.attrs.get(NONFINITE_LOGITS_ATTR, []),
     )
-    return _summary(sr, facts, batch_reasons(facts), unmeasured)
+    return _summary(sr, facts, batch_reasons(facts), unmeasured, calibration, policy)
 
 
 __all__ = [
     "BATCH_RULES",
+    "TIER_CALIBRATION",
     "TIER_TOLERANCE",
     "BatchRule",
     "assign_tiers",

@@ -10,7 +10,13 @@ scorer's not-measured notes. Adding a factor is one entry here plus its computat
 
 The default weights are chosen by construction, not by tuning: ScoringSpec's docstring argues
 why abstention alone reaches tier high and why a certified sample with certificate factors only
-stays below every abstained one.
+stays below every abstained one. The signals that do not trust the certificate (``SIGNAL_FACTORS``:
+reference-neighbour disagreement in input and feature space) come from the context step's
+``signals`` table (SIGNAL_COLUMNS), one row per sample and signal.
+
+Rule severities are also tier floors (``SEVERITY_TIER_FLOOR``): a sample that failed a row-level
+rule of severity critical is critical whatever its risk, one of severity warning is at least
+medium; info sets no floor (its factor still counts).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from certrisk.schemas.enums import Severity
+from certrisk.schemas.enums import Severity, Tier
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,41 @@ FACTOR_SPECS: tuple[Factor, ...] = (
         "it weighs like abstention: neither certificate can be relied on. Kept apart from "
         "abstention so the batch abstention test compares one definition with the reference.",
     ),
+    Factor(
+        "neighbours",
+        0.6,
+        "reference_agreement",
+        "reference-neighbour disagreement in input space, a signal that does not trust the "
+        "certificate: s = d_same / (d_same + d_other), with d_same the mean distance (in the driving "
+        "method's norm) to the k nearest index samples (reference role 'index' plus the policy's "
+        "data.index) of the predicted class (the driving certificate's, the base model's when it "
+        "abstained) and d_other to the k nearest of the other classes (policy signals.k). The factor "
+        "is s on a scale calibrated on the reference's held-out 'signal' role: with q the signal "
+        "role's (1 - tail) quantile (policy signals.tail), f = clip((s - q) / (1/2 - q), 0, 1): 0 for "
+        "the share 1 - tail of clean samples whose neighbours agree most, rising to 1 at s = 1/2, "
+        "where the predicted class's reference neighbours are no nearer than another class's. An "
+        "attack that moves an input into another class within half the distance to it keeps the "
+        "neighbours of its source class, so it disagrees; a clean sample the model misclassifies "
+        "disagrees too and counts as a false alarm. It weighs like abstention: a prediction its "
+        "reference neighbours contradict is no more to be relied on than none. The conformal p-value "
+        "of s is recorded beside it (SIGNAL_COLUMNS).",
+        "no reference-neighbour signals were given (no context step, or a reference without labels): "
+        "disagreement with the reference neighbours contributes nothing",
+    ),
+    Factor(
+        "feature_neighbours",
+        0.0,
+        "reference_agreement",
+        "the same disagreement and calibrated scale as 'neighbours', on the model's penultimate "
+        "representation (the input of its last executed nn.Linear layer, read with a forward hook), "
+        "in l2. Weight 0 by default: on both demo models it ranked certified attacks below the "
+        "input-space score and, combined with it, lowered the share of attacks above the clean "
+        "false-alarm threshold (deep in the feature space of a model is where an attack aims), so it "
+        "is measured and recorded but counts only where a policy weights it.",
+        "no feature-space signal was given: the model exposes no layer to hook (TorchScript and "
+        "torch.export programs run no Python forward hooks, a model without an nn.Linear layer has no "
+        "penultimate representation to read) or no context step ran",
+    ),
 )
 
 #: Factor names in column order.
@@ -119,6 +160,9 @@ FACTOR_EVIDENCE = MappingProxyType({f.name: f.evidence for f in FACTOR_SPECS})
 #: Why a factor is 0 when its input is missing, for the factors that have an optional input.
 NOT_MEASURED_NOTES = MappingProxyType({f.name: f.not_measured for f in FACTOR_SPECS if f.not_measured})
 
+#: The factors computed from the context step's ``signals`` table, in column order.
+SIGNAL_FACTORS: tuple[str, ...] = ("neighbours", "feature_neighbours")
+
 #: Value of the ``rules`` factor for each rule severity.
 SEVERITY_FACTOR = MappingProxyType(
     {
@@ -129,6 +173,17 @@ SEVERITY_FACTOR = MappingProxyType(
     }
 )
 
+#: The tier floor each failed row-level rule severity sets on its sample: a critical failure makes
+#: the sample critical, a warning at least medium; info and none set no floor.
+SEVERITY_TIER_FLOOR = MappingProxyType(
+    {
+        Severity.NONE.value: Tier.LOW,
+        Severity.INFO.value: Tier.LOW,
+        Severity.WARNING.value: Tier.MEDIUM,
+        Severity.CRITICAL.value: Tier.CRITICAL,
+    }
+)
+
 __all__ = [
     "DEFAULT_WEIGHTS",
     "FACTORS",
@@ -136,5 +191,7 @@ __all__ = [
     "FACTOR_SPECS",
     "NOT_MEASURED_NOTES",
     "SEVERITY_FACTOR",
+    "SEVERITY_TIER_FLOOR",
+    "SIGNAL_FACTORS",
     "Factor",
 ]

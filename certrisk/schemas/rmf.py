@@ -55,6 +55,13 @@ EVIDENCE = MappingProxyType(
         "certificate": ("MEASURE 2.7", "MEASURE 2.6"),
         "abstention": ("MEASURE 2.7", "MEASURE 2.6"),
         "certificate_context": ("MEASURE 2.7", "MEASURE 2.5"),
+        # signals that do not trust the certificate: resilience evaluated beyond what a certificate
+        # bounds, and reliability when the model operates outside its knowledge
+        "reference_agreement": ("MEASURE 2.7", "MEASURE 2.6"),
+        # tier thresholds calibrated to a stated false-alarm rate on held-out clean samples: the
+        # tiers are demonstrated valid for the reference distribution (and limited to it) and
+        # prioritise treatment by a measured likelihood
+        "tier_calibration": ("MEASURE 2.5", "MANAGE 1.2"),
         "drift": ("MEASURE 2.4", "MEASURE 3.1"),
         "novelty": ("MEASURE 2.4",),
         "rules": ("MEASURE 2.1",),
@@ -105,6 +112,11 @@ EVIDENCE_DESCRIPTIONS = MappingProxyType(
         "and the batch abstention rate tested against the reference",
         "certificate_context": "radii ranked against the reference distribution and compared with the "
         "distance to the nearest reference sample of another class",
+        "reference_agreement": "per-sample agreement of the prediction with the labels of its nearest "
+        "reference samples, in input space and in the model's feature space, calibrated on held-out "
+        "reference samples (signals that do not trust the certificate)",
+        "tier_calibration": "tier thresholds set by split-conformal calibration on held-out reference samples "
+        "to a stated false-alarm rate, with the calibration's size and feasibility",
         "drift": "batch drift tests against the reference set, corrected across test families",
         "novelty": "per-sample distance to the reference set as a percentile",
         "rules": "data rules (expectations) per sample and per batch, with severities",

@@ -92,9 +92,11 @@ def test_certify_reference_is_smooth_certify_with_reference_seeds():
         alpha=0.01,
         seed=derive_seeds(REFERENCE_RUN_KEY, ids, "smoothing"),
     )
-    assert set(got) == {"radius", "abstained"} and got["abstained"].dtype == np.bool_
+    assert set(got) == {"radius", "abstained", "prediction"} and got["abstained"].dtype == np.bool_
     np.testing.assert_array_equal(got["radius"], want.radius)
     np.testing.assert_array_equal(got["abstained"], want.abstained)
+    np.testing.assert_array_equal(got["prediction"], want.prediction)
+    assert got["prediction"].dtype == np.int64
 
 
 def test_reference_certificates_key_names_every_dependency():

@@ -19,6 +19,7 @@ from certrisk.risk.batch_facts import (
     TierShares,
     abstention_test,
 )
+from certrisk.risk.calibration import calibrate_tiers
 from certrisk.risk.health import assess_model
 from certrisk.risk.score import (
     abstention_alone,
@@ -40,6 +41,7 @@ from certrisk.schemas.columns import (
     RULE_EXPECTATION_COLUMNS,
     RULE_SAMPLE_COLUMNS,
     SAMPLE_RISK_COLUMNS,
+    SIGNAL_COLUMNS,
 )
 from certrisk.schemas.enums import Tier
 from certrisk.schemas.errors import InputError
@@ -156,6 +158,23 @@ def novelty(rows):
     )
 
 
+def signals(rows):
+    """rows: (sample_id, neighbours factor, feature_neighbours factor)."""
+    out = []
+    for s, fn, ff in rows:
+        out.append({"sample_id": s, "signal": "neighbours", "score": fn, "p_value": 1 - fn, "factor": fn})
+        out.append(
+            {"sample_id": s, "signal": "feature_neighbours", "score": ff, "p_value": 1 - ff, "factor": ff}
+        )
+    return pd.DataFrame(out, columns=list(SIGNAL_COLUMNS))
+
+
+#: A calibration with feasible conformal thresholds (medium 0.1, high 0.3) on 100 samples.
+CALIBRATED = calibrate_tiers(
+    np.r_[np.zeros(75), np.full(20, 0.1), np.full(4, 0.3), [0.6]], np.zeros(100, dtype=int), POLICY.scoring
+)
+
+
 def no_forbidden_words(obj) -> None:
     text = json.dumps(obj, default=str).lower()
     for word in FORBIDDEN:
@@ -198,8 +217,8 @@ def test_hand_built_tiers_and_factors():
         "certified": "low",  # no factor
         "abstained": "high",  # 0.6
         "unstable": "medium",  # 0.3
-        "rule_crit": "medium",  # 0.4
-        "abstained_rule_novel": "high",  # 1 - 0.4 * 0.6 * 0.8 = 0.808 < 0.85
+        "rule_crit": "critical",  # risk 0.4, but a failed critical rule is a critical floor
+        "abstained_rule_novel": "critical",  # 1 - 0.4 * 0.6 * 0.8 = 0.808 < 0.85; critical rule floor
         "disagree": "high",  # methods disagree: method_disagreement, 0.6
     }
     risk = dict(zip(out["sample_id"], out["risk"], strict=True))
@@ -224,7 +243,7 @@ def test_hand_built_tiers_and_factors():
     assert "MEASURE 2.7" in row.loc["abstained", "rmf_ids"]
     assert "MEASURE 2.1" in row.loc["certified", "rmf_ids"]  # rules were checked
     assert "MEASURE 2.4" in row.loc["certified", "rmf_ids"]  # novelty was measured
-    assert set(out.attrs["not_measured"]) == {"radius_rank", "context"}
+    assert set(out.attrs["not_measured"]) == {"radius_rank", "context", "neighbours", "feature_neighbours"}
     no_forbidden_words(out.drop(columns=["risk"]).astype(str).to_dict("list"))
 
 
@@ -245,7 +264,7 @@ def test_critical_needs_abstention_plus_strong_evidence():
     assert out.loc[0, "risk"] == pytest.approx(expected)
     assert out.loc[0, "tier"] == "critical"
     assert out.loc[0, "top_factors"][0] == "abstention"
-    assert out.attrs["not_measured"] == []
+    assert out.attrs["not_measured"] == ["neighbours", "feature_neighbours"]
     assert ids == list(out["sample_id"])
 
 
@@ -394,7 +413,20 @@ def test_batch_low_when_abstention_matches_reference():
     assert summary["abstention_test"] == "binomial"
     assert not summary["abstention_elevated"] and summary["drift"] is False
     assert summary["rule_pass_rate"] == 1.0
-    assert summary["not_measured"] == ["radius_rank", "context", "rules", "novelty"]
+    assert summary["not_measured"] == [
+        "radius_rank",
+        "context",
+        "rules",
+        "novelty",
+        "neighbours",
+        "feature_neighbours",
+        "tier_calibration",
+    ]
+    assert summary["calibration"] is None and summary["thresholds"]["high"] == {
+        "value": 0.5,
+        "strict": False,
+        "source": "policy",
+    }
     assert set(summary["risk_quantiles"]) == {"p50", "p90", "p99", "max"}
     assert set(summary["rmf_ids"]) <= set(catalog())
     assert "MEASURE 1.1" in summary["rmf_ids"]  # what was not measured is documented
@@ -483,6 +515,8 @@ def test_batch_reasons_text_and_order():
         rules=rules([(s, "critical") for s in ids]),
         novelty=novelty([(s, 1.0) for s in ids]),
         context=context([(s, np.nan, np.nan) for s in ids]),
+        signals=signals([(s, 1.0, 1.0) for s in ids]),
+        calibration=CALIBRATED,
     )
     summary = score_batch(
         sr,
@@ -491,6 +525,7 @@ def test_batch_reasons_text_and_order():
         rule_expectations=expectations(False, severity="critical", level="batch"),
         reference_abstention_rate=0.1,
         model_health=CONSTANT,
+        calibration=CALIBRATED,
     )
     assert summary["tier"] == "critical"
     assert summary["reasons"] == [
@@ -514,8 +549,15 @@ def test_batch_reasons_text_and_order():
         "medium: 1 rule expectation(s) failed: 'range:x (critical)'",
     ]
     assert summary["not_measured"] == [] and summary["notes"] == []
+    assert summary["calibration"] == CALIBRATED.to_dict() and "tier_calibration" in summary["evidence_kinds"]
     untested = score_batch(sr, policy=POLICY)
-    assert untested["not_measured"] == ["model_health", "abstention_test", "drift", "rule_expectations"]
+    assert untested["not_measured"] == [
+        "model_health",
+        "abstention_test",
+        "drift",
+        "rule_expectations",
+        "tier_calibration",
+    ]
     assert untested["model_health"] is None and untested["model_healthy"] is None
     assert untested["notes"] == [
         (
@@ -528,6 +570,11 @@ def test_batch_reasons_text_and_order():
         ),
         "drift: no drift tests were given: distribution shift was not tested",
         "rule_expectations: no expectation results were given: batch-level rules were not checked",
+        (
+            "tier_calibration: the policy asks for calibrated tiers (scoring.calibration) but no calibration "
+            "was given (no context step, or a reference without a tier role): the fixed thresholds applied, "
+            "with no false-alarm guarantee"
+        ),
     ]
     assert untested["evidence_kinds"] == [
         "abstention",
@@ -535,6 +582,7 @@ def test_batch_reasons_text_and_order():
         "certificate_context",
         "novelty",
         "policy",
+        "reference_agreement",
         "risk_tiers",
         "rules",
         "unmeasured",

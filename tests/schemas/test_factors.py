@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from certrisk.schemas import columns, policy, rmf
-from certrisk.schemas.enums import Severity
+from certrisk.schemas.enums import Severity, Tier
 from certrisk.schemas.factors import (
     DEFAULT_WEIGHTS,
     FACTOR_EVIDENCE,
@@ -11,6 +11,8 @@ from certrisk.schemas.factors import (
     FACTORS,
     NOT_MEASURED_NOTES,
     SEVERITY_FACTOR,
+    SEVERITY_TIER_FLOOR,
+    SIGNAL_FACTORS,
 )
 
 
@@ -23,6 +25,8 @@ def test_factor_entries_are_complete_and_unique():
         "novelty",
         "instability",
         "method_disagreement",
+        "neighbours",
+        "feature_neighbours",
     )
     assert len(set(FACTORS)) == len(FACTORS)
     for spec in FACTOR_SPECS:
@@ -44,6 +48,25 @@ def test_other_statements_derive_from_the_entries():
     assert dict(FACTOR_EVIDENCE) == {f.name: f.evidence for f in FACTOR_SPECS}
     # factors computed from the certificates and predictions are always measured: no note
     assert set(NOT_MEASURED_NOTES) == set(FACTORS) - {"abstention", "instability", "method_disagreement"}
+
+
+def test_signal_factors_and_severity_floors():
+    assert SIGNAL_FACTORS == ("neighbours", "feature_neighbours") and set(SIGNAL_FACTORS) <= set(FACTORS)
+    assert {f.name: f.evidence for f in FACTOR_SPECS if f.name in SIGNAL_FACTORS} == {
+        "neighbours": "reference_agreement",
+        "feature_neighbours": "reference_agreement",
+    }
+    assert set(rmf.evidence_ids("reference_agreement")) == {"MEASURE 2.7", "MEASURE 2.6"}
+    # neighbours weighs like abstention: disagreement beyond every held-out sample alone reaches high
+    assert DEFAULT_WEIGHTS["neighbours"] == DEFAULT_WEIGHTS["abstention"]
+    # severities are tier floors: critical makes a sample critical, warning at least medium
+    assert dict(SEVERITY_TIER_FLOOR) == {
+        "none": Tier.LOW,
+        "info": Tier.LOW,
+        "warning": Tier.MEDIUM,
+        "critical": Tier.CRITICAL,
+    }
+    assert list(SEVERITY_TIER_FLOOR) == list(SEVERITY_FACTOR)
 
 
 def test_severity_factor_rises_with_severity():

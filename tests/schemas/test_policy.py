@@ -154,3 +154,23 @@ def test_invalid_yaml_names_the_file(tmp_path):
     with pytest.raises(PolicyError, match="not valid YAML") as info:
         load_policy(path)
     assert str(path) in str(info.value)
+
+
+def test_calibration_and_signals_sections():
+    s = ScoringSpec()
+    assert s.calibration.false_alarm_rate == 0.05 and s.calibration.medium_rate == 0.2
+    assert ScoringSpec(calibration=None).calibration is None
+    data = demo_data()
+    data["scoring"] = {"calibration": {"false_alarm_rate": 0.2, "medium_rate": 0.1}}
+    with pytest.raises(PolicyError, match=r"medium_rate \(0.1\) must exceed false_alarm_rate \(0.2\)"):
+        parse_policy(data, source="p.yaml")
+    data["scoring"] = {"calibration": {"false_alarm_rate": 0.05, "rate": 0.2}}
+    with pytest.raises(PolicyError, match="unknown key 'scoring.calibration.rate'"):
+        parse_policy(data, source="p.yaml")
+    data = demo_data()
+    data["signals"] = {"k": 0}
+    with pytest.raises(PolicyError, match="signals.k"):
+        parse_policy(data, source="p.yaml")
+    loaded = load_policy(DEMO)
+    assert loaded.policy.signals.k == 5 and loaded.policy.signals.features
+    assert loaded.index_path is not None and loaded.index_path.name == "index.parquet"
