@@ -20,6 +20,7 @@ import yaml
 from certrisk.governance.facts import BatchFacts
 from certrisk.reports import plots
 from certrisk.reports.crosswalk import crosswalk
+from certrisk.reports.detection import detection_section
 from certrisk.reports.document import EDITION_NOTES, FLAGGED_TIERS, Figure, Report, Section, Table
 from certrisk.reports.formatting import audit_facts, fmt_num, fmt_p, fmt_pct, fmt_time
 from certrisk.reports.run_certificates import limitations_section, methods_section, samples_section
@@ -305,6 +306,7 @@ def run_report(data: RunData, *, generated_at: datetime | None = None) -> Report
         _drift_section(data, facts),
         _rules_section(data, facts),
         samples_sec,
+        detection_section(data.evaluation, str(run["model"])),
         methods_section(data),
         limitations_section(data, policy),
         _crosswalk_section(data, facts),

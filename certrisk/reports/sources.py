@@ -55,6 +55,8 @@ class RunData:
     outcomes (the compliance edition reads them from v_drift_test and v_rule_result, without the
     observed values). ``method_costs``: per certification method, samples, shares certified and
     abstained, time, peak memory and forward passes (compliance edition, from v_method_cost). The
+    ``evaluation``: the model's newest recorded measured detection
+    (``GovernanceStore.latest_evaluation``; aggregates, both editions) or None. The
     engineer edition also carries ``summary`` (the full batch summary), ``certificates`` and
     ``policy_text``; for the compliance edition they are None.
     """
@@ -71,6 +73,7 @@ class RunData:
     policy_text: str | None = None
     method_costs: pd.DataFrame | None = None
     facts: BatchFacts | None = None
+    evaluation: dict | None = None
 
 
 @dataclass
@@ -140,6 +143,7 @@ class ComplianceSource:
             rule_expectations=rules,
             method_costs=costs,
             facts=BatchFacts.from_row(run),
+            evaluation=self.store.latest_evaluation(run["model"]),
         )
 
     # ---------------------------------------------------------------- periods
@@ -185,6 +189,7 @@ class EngineerSource(ComplianceSource):
             rule_expectations=raw["rule_expectations"],
             policy_text=raw["policy_text"],
             facts=BatchFacts.from_row(run),
+            evaluation=self.store.latest_evaluation(run["model"]),
         )
 
     def period(self, *, model: str | None, days: int = 30, until: datetime | None = None) -> PeriodData:
