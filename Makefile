@@ -37,6 +37,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/certify.py
+	$(PY) bench/bounds.py
+	$(PY) bench/detection.py
 	$(PY) bench/signals.py
 	$(PY) bench/store.py
 	$(PY) bench/score.py

@@ -265,6 +265,9 @@ def evaluate(
     clip: str = typer.Option("auto", "--clip", help="Attacks' data box: auto, unit, reference or none."),
     device: str | None = typer.Option(None, "--device", help="Torch device (default: the policy's)."),
     format: str = typer.Option("table", "--format", help="table or json."),
+    db: str | None = typer.Option(
+        None, "--db", help="Record the result in this governance DB (default: do not record)."
+    ),
 ) -> None:
     """Measured detection: attack a held-out labelled set, score every attacked set through the
     production pipeline, print per family what reaches each tier (and the certificate-only score)."""
@@ -275,7 +278,8 @@ def evaluate(
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     from airflow.sdk import ObjectStoragePath
 
-    from certrisk.operators.evaluate import evaluate_policy, write_evaluation
+    from certrisk.governance import GovernanceStore
+    from certrisk.operators.evaluate import evaluate_policy, record_evaluation, write_evaluation
     from certrisk.risk.attack_suite import FAMILIES
     from certrisk.risk.evaluate import evaluation_records, family_table, target_gaps
     from certrisk.schemas.errors import InputError
@@ -294,8 +298,14 @@ def evaluate(
             fractions=budget,
         )  # fmt: skip
         paths = write_evaluation(result, ObjectStoragePath(f"file://{root}"))
+        recorded = None
+        if db:
+            store = GovernanceStore(db)
+            store.upgrade()  # idempotent: a new database gets the schema, a current one is left alone
+            recorded = record_evaluation(result, store, policy)
     if format == "json":
-        typer.echo(json.dumps({"metadata": result.metadata, "rows": evaluation_records(result)}, indent=2))
+        rows = evaluation_records(result)
+        typer.echo(json.dumps({"metadata": result.metadata, "rows": rows, "recorded": recorded}, indent=2))
         return
     meta = result.metadata
     geo = meta["geometry"]["median_nearest_other_class"]
@@ -315,6 +325,8 @@ def evaluate(
         "A certificate bounds the distance to a class change, not to an attack; adaptive attackers "
         f"may evade. Written: {paths['evaluation']}, {paths['metadata']}"
     )
+    if recorded is not None:
+        typer.echo(f"recorded in {GovernanceStore(db).masked_url}: {recorded['status']}")
 
 
 def main() -> None:

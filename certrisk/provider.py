@@ -58,6 +58,7 @@ def get_provider_info() -> dict:
                     "certrisk.operators.score",
                     "certrisk.operators.governance",
                     "certrisk.operators.report",
+                    "certrisk.operators.evaluate",
                 ],
             }
         ],

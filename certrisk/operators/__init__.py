@@ -2,6 +2,7 @@
 ``certrisk_dag`` factory."""
 
 from certrisk.operators.certify import CertifyOperator, MergeCertificatesOperator
+from certrisk.operators.evaluate import EvaluateOperator
 from certrisk.operators.factory import certrisk_dag
 from certrisk.operators.governance import GovernanceWriteOperator, RiskAlertOperator
 from certrisk.operators.hooks import GovernanceHook
@@ -15,6 +16,7 @@ __all__ = [
     "ComplianceReportOperator",
     "ContextOperator",
     "DriftOperator",
+    "EvaluateOperator",
     "GovernanceHook",
     "GovernanceWriteOperator",
     "MergeCertificatesOperator",

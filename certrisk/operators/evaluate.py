@@ -29,7 +29,7 @@ from airflow.sdk import Context, ObjectStoragePath
 
 import certrisk
 from certrisk.operators.artifacts import write_json, write_parquet
-from certrisk.operators.base import CertriskOperator
+from certrisk.operators.base import GovernanceOperator
 from certrisk.operators.local import run_local
 from certrisk.operators.reference import load_reference
 from certrisk.risk.attack_suite import FAMILIES, AttackSetting, LabelledSet
@@ -231,7 +231,16 @@ def write_evaluation(result: DetectionEvaluation, out: ObjectStoragePath) -> dic
     }
 
 
-class EvaluateOperator(CertriskOperator):
+def record_evaluation(result: DetectionEvaluation, store, policy_path: str) -> dict:
+    """Record ``result`` in the governance store (appended, hash-chained, idempotent by its key);
+    returns the write's status and key. The reports of every run of the model then state it."""
+    lp = load_policy(policy_path)
+    meta = result.metadata
+    written = store.write_evaluation(meta["model"], lp.text, meta["reference_sha256"], result.frame, meta)
+    return {"status": written.status, "evaluation_pk": written.run_pk}
+
+
+class EvaluateOperator(GovernanceOperator):
     """Run the attack suite through the production path and write the measured detection under
     ``<run dir>/evaluation`` (``evaluation.parquet``, ``evaluation.json``).
 
@@ -240,9 +249,11 @@ class EvaluateOperator(CertriskOperator):
         fractions of the data's geometry; :param seed: attack and certification seed;
         :param limit: at most this many evaluation and calibration samples; :param clip: the
         attacks' data box (auto, unit, reference, none); :param device: torch device.
+    :param record: record the result in the governance DB (default True), so that every report
+        of the model states its measured detection; :param certrisk_conn_id: see GovernanceOperator.
     """
 
-    template_fields: Sequence[str] = (*CertriskOperator.template_fields, "labelled")
+    template_fields: Sequence[str] = (*GovernanceOperator.template_fields, "labelled")
 
     def __init__(
         self,
@@ -254,9 +265,11 @@ class EvaluateOperator(CertriskOperator):
         limit: int | None = None,
         clip: str = "auto",
         device: str | None = None,
+        record: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.record = record
         self.labelled = labelled
         self.attacks = tuple(attacks)
         self.fractions = tuple(fractions)
@@ -287,8 +300,10 @@ class EvaluateOperator(CertriskOperator):
             100 * float(scored["share_high"].min()),
             100 * float(result.metadata["clean"]["false_alarm"]),
         )
+        recorded = record_evaluation(result, self.hook.get_store(), self.policy_path) if self.record else None
         return {
             **paths,
+            "recorded": recorded,
             "n_rows": len(result.frame),
             "clean_false_alarm": float(result.metadata["clean"]["false_alarm"]),
         }

@@ -36,12 +36,27 @@ def digits_json(demo_assets, tmp_path_factory):
     from certrisk.demo_assets import DATASETS
 
     out = tmp_path_factory.mktemp("evaluate-digits")
+    db = f"sqlite:///{out / 'governance.db'}"
     done = _evaluate(
         "--policy", str(DATASETS["digits"].policy), "--limit", "16", "--attacks", "pgd_l2_early,pgd_l2_deep,shift",
-        "--fractions", "0.5,1.0", "--seed", "1", "--out", str(out), "--format", "json",
+        "--fractions", "0.5,1.0", "--seed", "1", "--out", str(out), "--format", "json", "--db", db,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout), out
+
+
+def test_the_evaluation_is_recorded_and_verified(digits_json):
+    """--db records the result as a governed record: hash-chained, verified, read back as written."""
+    from certrisk.governance import GovernanceStore
+
+    printed, out = digits_json
+    assert printed["recorded"]["status"] == "written"
+    store = GovernanceStore(f"sqlite:///{out / 'governance.db'}")
+    got = store.latest_evaluation(printed["metadata"]["model"])
+    assert got["n_clean"] == 16 and got["model_sha256"] == printed["metadata"]["model_sha256"]
+    assert got["results"]["family"].tolist() == [r["family"] for r in printed["rows"]]
+    assert store.verify().ok
+    store.dispose()
 
 
 def test_digits_json_matches_the_artifacts(digits_json):
