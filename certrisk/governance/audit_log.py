@@ -85,15 +85,7 @@ def insert_record(conn, kind: str, values: dict, now: datetime) -> int:
     row = {**values, stamp: now}
     bound = {**row, stamp: dialect_of(conn).bind_datetime(now)}
     pk = conn.execute(table.insert().values(**bound).returning(table.c.id)).scalar_one()
-    manifest, digest = record_manifest(RECORD_COLUMNS[kind], record_values(kind, row))
-    append_entry(
-        conn,
-        kind=kind,
-        manifest=manifest,
-        manifest_digest=digest,
-        recorded_at=now,
-        record=(pk, record_key(row["name"], row["sha256"])),
-    )
+    _chain_record(conn, kind, pk, row, now)
     return pk
 
 
@@ -115,17 +107,22 @@ def chain_existing_records(conn, now: datetime) -> int:
         table = RECORD_TABLES[kind]
         for pk in unchained_records(conn, kind):
             row = conn.execute(sa.select(table).where(table.c.id == pk)).mappings().one()
-            manifest, digest = record_manifest(RECORD_COLUMNS[kind], record_values(kind, row))
-            append_entry(
-                conn,
-                kind=kind,
-                manifest=manifest,
-                manifest_digest=digest,
-                recorded_at=now,
-                record=(pk, record_key(row["name"], row["sha256"])),
-            )
+            _chain_record(conn, kind, pk, row, now)
             n += 1
     return n
 
 
 __all__ = ["RUN", "append_entry", "chain_existing_records", "insert_record", "record_key", "record_values"]
+
+
+def _chain_record(conn, kind: str, pk: int, row, now) -> None:
+    """Append the chain entry of one model or policy row (its columns digested in a manifest)."""
+    manifest, digest = record_manifest(RECORD_COLUMNS[kind], record_values(kind, row))
+    append_entry(
+        conn,
+        kind=kind,
+        manifest=manifest,
+        manifest_digest=digest,
+        recorded_at=now,
+        record=(pk, record_key(row["name"], row["sha256"])),
+    )

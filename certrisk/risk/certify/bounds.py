@@ -232,17 +232,23 @@ def interval_bounds(model, x, eps, norm: Norm | str = "linf") -> tuple[torch.Ten
     point of the ball lies between them, both for the exact network and for the model's forward
     pass in its own dtype on inputs given in that dtype.
     """
-    what = "interval_bounds"
+    ops, xt, e, nrm, exe = bound_problem(model, x, eps, norm, what="interval_bounds")
+    with torch.inference_mode():
+        lo, hi = _propagate(ops, xt, e, nrm, exe).merged()
+        return lo.flatten(1), hi.flatten(1)
+
+
+def bound_problem(model, x, eps, norm, *, what: str):
+    """What a bound pass over the ball needs, checked once for IBP and CROWN: the layers' float64
+    maps, the inputs (float64, on the model's device), the per-input eps, the norm and the
+    execution (dtype and device class) the bounds must hold for."""
     nrm = as_norm(norm)
     sequential_layers(model, what)
     model, dev = place(model, None)
     xt = as_batch(x, what=what, device=dev, dtype=torch.float64)
     ops = linear_maps(sequential_layers(model, what), tuple(xt.shape[1:]), dev)
     e = eps_tensor(eps, xt.shape[0], dev, what)
-    exe = execution_for(model_dtype(model), dev)
-    with torch.inference_mode():
-        lo, hi = _propagate(ops, xt, e, nrm, exe).merged()
-        return lo.flatten(1), hi.flatten(1)
+    return ops, xt, e, nrm, execution_for(model_dtype(model), dev)
 
 
 def ibp_certify(

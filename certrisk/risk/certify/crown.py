@@ -26,14 +26,21 @@ import numpy as np
 import torch
 
 from certrisk.risk.certify.batch import CertificateBatch, DeterministicRun
-from certrisk.risk.certify.bounds import Box, certified_margin, cpu_peak, ibp_certify, ibp_step, start_box
-from certrisk.risk.certify.inputs import as_batch, check_positive, model_dtype, place
+from certrisk.risk.certify.bounds import (
+    Box,
+    bound_problem,
+    certified_margin,
+    cpu_peak,
+    ibp_certify,
+    ibp_step,
+    start_box,
+)
+from certrisk.risk.certify.inputs import check_positive
 from certrisk.risk.certify.linear_maps import AffineMap, MaxPool, Relu, Reshape, linear_maps
-from certrisk.risk.certify.network import sequential_layers
 from certrisk.risk.certify.norms import as_norm
 from certrisk.risk.certify.rounding import Execution, down, execution_for, gamma, inflate, scalar_up, up
 from certrisk.risk.certify.rows import Rows, conv_rows
-from certrisk.risk.certify.search import SEARCH_RTOL, eps_tensor, largest_certified
+from certrisk.risk.certify.search import SEARCH_RTOL, largest_certified
 from certrisk.risk.certify.stats import round_down
 from certrisk.schemas.enums import Method, Norm
 from certrisk.schemas.errors import InputError
@@ -291,15 +298,9 @@ def crown_bounds(
     for the exact network and for the model's forward pass in its own dtype on inputs given in
     that dtype.
     """
-    what = "crown_bounds"
-    nrm = as_norm(norm)
-    sequential_layers(model, what)
-    model, dev = place(model, None)
-    xt = as_batch(x, what=what, device=dev, dtype=torch.float64)
-    ops = linear_maps(sequential_layers(model, what), tuple(xt.shape[1:]), dev)
-    e = eps_tensor(eps, xt.shape[0], dev, what)
+    ops, xt, e, nrm, exe = bound_problem(model, x, eps, norm, what="crown_bounds")
     with torch.inference_mode():
-        return crown_logit_bounds(ops, xt, e, nrm, execution_for(model_dtype(model), dev), intermediate)
+        return crown_logit_bounds(ops, xt, e, nrm, exe, intermediate)
 
 
 def _method(intermediate: str):
