@@ -15,6 +15,7 @@ property resolving the ``GovernanceHook`` on first use (common-sql's pattern), n
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -69,9 +70,10 @@ class CertriskOperator(BaseOperator):
         dag_run = context["dag_run"]
         return f"{dag_run.dag_id}/{dag_run.run_id}"
 
+    @abstractmethod
     def run(self, context: Context) -> Any:
-        """The operator's work; ``execute`` calls it and decides retry or fail."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement run(context)")
+        """The operator's work; ``execute`` calls it and decides retry or fail. Abstract (Airflow's
+        operator metaclass is an ABCMeta): an operator without it cannot be constructed."""
 
     def execute(self, context: Context) -> Any:
         """Call ``run(context)``; a non-retryable ``CertriskError`` fails the task without retry."""

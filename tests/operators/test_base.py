@@ -78,13 +78,25 @@ def test_an_unreadable_policy_fails_without_retry(tmp_path):
         op.execute({})
 
 
+class _Reader(GovernanceOperator):
+    """The smallest concrete governance operator (the base's run is abstract)."""
+
+    def run(self, context):
+        return {}
+
+
+def test_an_operator_without_run_cannot_be_constructed():
+    with pytest.raises(TypeError, match="abstract method run"):
+        GovernanceOperator(task_id="t", policy_path="p.yaml")
+
+
 def test_governance_hook_is_resolved_on_first_use_and_cached():
-    op = GovernanceOperator(task_id="t", policy_path="p.yaml", certrisk_conn_id="gov_x")
+    op = _Reader(task_id="t", policy_path="p.yaml", certrisk_conn_id="gov_x")
     assert "hook" not in op.__dict__  # nothing resolved at construction
     hook = op.hook
     assert isinstance(hook, GovernanceHook) and hook.certrisk_conn_id == "gov_x"
     assert op.hook is hook
-    assert GovernanceOperator(task_id="u", policy_path="p.yaml").hook.certrisk_conn_id == (
+    assert _Reader(task_id="u", policy_path="p.yaml").hook.certrisk_conn_id == (
         GovernanceHook.default_conn_name
     )
 
