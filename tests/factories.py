@@ -79,6 +79,10 @@ def certificate_frame(
         "peak_bytes": peak_bytes,
         "device": device,
         "dtype": dtype,
+        "precision": "fp32",
+        "compile": "off",
+        "worker": "test-host",
+        "queue": "default",
     }
     frame = pd.DataFrame({name: _column(value, n) for name, value in values.items()})
     return conform(frame, CERTIFICATE_COLUMNS, table="certificates")

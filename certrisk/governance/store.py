@@ -80,6 +80,13 @@ def migrations_config(connection=None):
     return cfg
 
 
+def schema_head() -> str:
+    """The newest migration revision this package ships (what ``upgrade()`` reaches)."""
+    from alembic.script import ScriptDirectory  # as in migrations_config
+
+    return ScriptDirectory.from_config(migrations_config()).get_current_head()
+
+
 #: The revision from which model and policy rows have audit entries of their own.
 RECORDS_CHAINED_FROM = "0005"
 

@@ -131,6 +131,7 @@ class CertifyOperator(CertriskOperator):
                 f"{lp.model_path.name} (shard {shard_index}): {'; '.join(skipped)}"
             )
         certs = conform(pd.concat(frames, ignore_index=True), CERTIFICATE_COLUMNS, table="certificates")
+        certs["queue"] = str(self.queue or "")
         return certs, costs
 
 

@@ -99,6 +99,10 @@ def reference_certificate_frame(
             "peak_bytes": 0,
             "device": "",
             "dtype": "",
+            "precision": "",
+            "compile": "",
+            "worker": "",
+            "queue": "",
         }
     )
     return conform(frame, CERTIFICATE_COLUMNS, table="reference certificates")

@@ -24,7 +24,10 @@ ABSTAIN = -1
 #: those norms that the certificate still covers (Cullen et al., Theorem 2).
 #: ``seconds`` is the method's wall time on the batch amortised per sample; ``peak_bytes`` the
 #: batch's peak memory; ``n_forward`` the forward passes spent on this sample (selection and
-#: estimation); ``sigma`` or ``eps`` is NaN where it does not apply.
+#: estimation); ``sigma`` or ``eps`` is NaN where it does not apply. Provenance: ``device`` and
+#: ``dtype`` (the model's parameters), ``precision`` (the arithmetic the model ran in: fp32, or
+#: bf16/fp16 autocast), ``compile`` (torch.compile mode or "off"), ``worker`` (host) and ``queue``
+#: (the Airflow queue of the certify task); "" where not applicable (reference certificates).
 CERTIFICATE_COLUMNS = MappingProxyType(
     {
         SAMPLE_ID: "string",
@@ -46,6 +49,10 @@ CERTIFICATE_COLUMNS = MappingProxyType(
         "peak_bytes": "int64",
         "device": "string",
         "dtype": "string",
+        "precision": "string",
+        "compile": "string",
+        "worker": "string",
+        "queue": "string",
     }
 )
 

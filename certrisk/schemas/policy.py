@@ -29,6 +29,7 @@ from certrisk.schemas.scoring import (  # noqa: F401 - the scoring sections, imp
     SignalsSpec,
     StrictSpec,
 )
+from certrisk.schemas.review import ReviewSpec
 from certrisk.schemas.settings import expand_path
 
 _Strict = StrictSpec
@@ -274,6 +275,9 @@ class Policy(_Strict):
     scoring: ScoringSpec = Field(default_factory=ScoringSpec)
     signals: SignalsSpec = Field(default_factory=SignalsSpec)
     health: HealthSpec = Field(default_factory=HealthSpec)
+    review: ReviewSpec | None = Field(
+        default=None, description="Human review of high-tier batches (an Airflow HITL step); none by default."
+    )
     alert_tier: Tier = Tier.HIGH
     risk_tolerance: str = Field(
         min_length=1,

@@ -81,6 +81,10 @@ def make_record(
                     "peak_bytes": 1 << 20,
                     "device": "cpu",
                     "dtype": "float32",
+                    "precision": "fp32",
+                    "compile": "off",
+                    "worker": "test-host",
+                    "queue": "default",
                 }
             )
         )

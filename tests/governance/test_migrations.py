@@ -18,6 +18,7 @@ from certrisk.governance.chain import (
 )
 from certrisk.governance.engine import dialect_for
 from certrisk.governance.payload import prepare, table_rows
+from certrisk.governance.store import schema_head
 from certrisk.schemas.columns import FACTORS
 from certrisk.schemas.tables import ROW_TABLES, AuditEntry, Model, PipelineRun, Policy
 
@@ -27,14 +28,15 @@ def _write_as_before_0004(store: GovernanceStore, record) -> None:
     manifest without column lists, the entry hash without kind or facts, the summary as
     SQLAlchemy's json.dumps."""
     p = prepare(record)
-    # only sample_risk's columns changed since 0003: the other tables' are their LEGACY_COLUMNS
+    # only sample_risk's (0004) and certificate's (0006) columns changed since 0003: the other
+    # tables' are their LEGACY_COLUMNS
+    changed = {"sample_risk": record.sample_risk, "certificate": record.certificates}
     assert all(
-        tuple(spec.items()) == LEGACY_COLUMNS[name] for name, _, spec in ROW_TABLES if name != "sample_risk"
+        tuple(spec.items()) == LEGACY_COLUMNS[name] for name, _, spec in ROW_TABLES if name not in changed
     )
     tables = dict(p.tables)
-    tables["sample_risk"] = table_rows(
-        record.sample_risk, dict(LEGACY_COLUMNS["sample_risk"]), table="sample_risk"
-    )
+    for name, frame in changed.items():
+        tables[name] = table_rows(frame, dict(LEGACY_COLUMNS[name]), table=name)
     manifest, _ = manifest_of(
         p.header.digest(), {n: (t.n, table_digest(t.digests), ()) for n, t in tables.items()}
     )
@@ -77,7 +79,7 @@ def test_run_written_before_0004_still_verifies_after_the_upgrade(db_url):
     record = make_record("old", 15)
     _write_as_before_0004(store, record)
     store.upgrade()
-    assert store.current_revision() == "0005"
+    assert store.current_revision() == schema_head()
     with store.engine.connect() as conn:
         kinds = sorted(conn.execute(sa.text("SELECT kind FROM audit_log")).scalars())
         defaults = conn.execute(

@@ -71,7 +71,16 @@ def make_run(
     radius = np.where(abst, 0.0, np.floor(SIGMA * stats.norm.ppf(p_lower) * 1e6) / 1e6 + 1e-7 * rng.random(n))
     ibp_abst = abst | (rng.random(n) < 0.3)
     eps = np.where(ibp_abst, 0.0, rng.uniform(0.011, 0.049, n))
-    common = {"sample_id": ids, "seed": rng.integers(0, 2**62, n), "device": "cpu", "dtype": "float32"}
+    common = {
+        "sample_id": ids,
+        "seed": rng.integers(0, 2**62, n),
+        "device": "cpu",
+        "dtype": "float32",
+        "precision": "fp32",
+        "compile": "off",
+        "worker": "test-host",
+        "queue": "default",
+    }
     smooth = pd.DataFrame(
         {
             **common,

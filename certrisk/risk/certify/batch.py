@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ class CertificateBatch:
     probability of the certificate, 0 for deterministic methods), ``seconds`` (wall time of the
     whole batch), ``peak_bytes`` (peak memory of the batch: ``torch.cuda.max_memory_allocated``
     on CUDA, an upper-bound estimate on CPU, see ``peak_bytes_kind``), ``device``, ``dtype``,
-    ``dim`` (number of input features, for translating radii between norms).
+    ``dim`` (number of input features, for translating radii between norms), ``precision`` (the
+    arithmetic the model ran in: fp32, bf16 or fp16 autocast) and ``compile`` (the torch.compile
+    mode, "off" for eager). Rows also name the ``worker`` host; the certify task adds its ``queue``.
     """
 
     method: Method
@@ -109,6 +112,8 @@ class CertificateBatch:
     sigma: float = float("nan")
     eps: float = float("nan")
     peak_bytes_kind: str = "measured"
+    precision: str = "fp32"
+    compile: str = "off"
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -149,6 +154,10 @@ class CertificateBatch:
                 "peak_bytes": int(self.peak_bytes),
                 "device": str(self.device),
                 "dtype": str(self.dtype),
+                "precision": str(self.precision),
+                "compile": str(self.compile),
+                "worker": socket.gethostname(),
+                "queue": "",
             }
         )
         return conform(frame, CERTIFICATE_COLUMNS, table="certificates")

@@ -1,0 +1,5 @@
+"""``python -m certrisk.cli``."""
+
+from certrisk.cli import main
+
+main()
