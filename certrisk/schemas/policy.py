@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from certrisk.schemas.enums import Method, Norm, Severity, Tier
 from certrisk.schemas.errors import PolicyError
+from certrisk.schemas.review import ReviewSpec
 from certrisk.schemas.scoring import (  # noqa: F401 - the scoring sections, importable from here as before
     DEFAULT_THRESHOLDS,
     DEFAULT_WEIGHTS,
@@ -29,7 +30,6 @@ from certrisk.schemas.scoring import (  # noqa: F401 - the scoring sections, imp
     SignalsSpec,
     StrictSpec,
 )
-from certrisk.schemas.review import ReviewSpec
 from certrisk.schemas.settings import expand_path
 
 _Strict = StrictSpec
