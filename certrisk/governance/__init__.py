@@ -1,7 +1,8 @@
 """Persistence of governed records: ``GovernanceStore`` (exactly-once, tamper-evident writes of
-runs and evaluations on SQLite or PostgreSQL, queries, verification), the ``RunRecord`` payload,
-Alembic migrations and the PostgreSQL access tiers, and ``BatchFacts`` (a run's batch figures as
-reports state them). Imports ``certrisk.schemas`` only.
+runs, evaluations and review decisions on SQLite or PostgreSQL, queries, verification and stored
+verify results), the ``RunRecord`` payload, Alembic migrations and the PostgreSQL access tiers,
+and ``BatchFacts`` (a run's batch figures as reports state them). Imports ``certrisk.schemas``
+only.
 """
 
 from certrisk.governance.chain import VerifyReport

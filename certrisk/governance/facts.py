@@ -14,6 +14,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from certrisk.schemas.enums import Tier
+from certrisk.schemas.review import DECISION_WORDS
+
 #: v_run_summary columns ``BatchFacts`` is read from (all compliance-visible).
 FACT_COLUMNS = (
     "n_samples",
@@ -139,3 +142,40 @@ def revision_trail(run: Mapping) -> str:
     who = run.get("recorded_by") or "unknown (recorded before certrisk kept it)"
     why = run.get("revision_reason") or "no reason recorded"
     return f"revised: revision {revision} replaces tier {previous}; by {who}: {why}"
+
+
+#: v_run_summary columns ``review_state`` reads (migration 0007).
+REVIEW_COLUMNS = (
+    "review_at_tier",
+    "review_decision",
+    "review_reviewer",
+    "review_source",
+    "review_decided_at",
+)
+
+
+def _tier_or_none(value) -> Tier | None:
+    try:
+        return Tier(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _word(value) -> str | None:
+    """A text column's value; None for NULL (which a frame may hold as NaN)."""
+    return value if isinstance(value, str) and value else None
+
+
+def review_state(run: Mapping) -> str:
+    """A run revision's review state in words: its latest decision ("approved by alice",
+    "rejected by system (timeout)", "escalated by bob"); "pending" where the run's summary
+    records a ``review_at_tier`` (the policy asked for review from that tier) that its tier
+    reaches and nobody has decided yet; "" where no review was asked for. ``run`` is a
+    v_run_summary row (``tier`` and ``REVIEW_COLUMNS``)."""
+    decision = _word(run.get("review_decision"))
+    if decision:
+        who = _word(run.get("review_reviewer")) or "unknown"
+        timeout = " (timeout)" if run.get("review_source") == "timeout" else ""
+        return f"{DECISION_WORDS.get(decision, decision)} by {who}{timeout}"
+    at, tier = _tier_or_none(run.get("review_at_tier")), _tier_or_none(run.get("tier"))
+    return "pending" if at is not None and tier is not None and tier >= at else ""

@@ -19,7 +19,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from certrisk.governance.engine import dialect_of
-from certrisk.governance.facts import FACT_COLUMNS, revision_trail
+from certrisk.governance.facts import FACT_COLUMNS, REVIEW_COLUMNS, review_state, revision_trail
+from certrisk.governance.reviews import add_review_coverage
 from certrisk.schemas.clock import as_utc, as_utc_timestamp, utc_now
 from certrisk.schemas.columns import FACTORS
 from certrisk.schemas.enums import Tier
@@ -34,7 +35,7 @@ RUN_COLUMNS = (
     "dag_id", "run_id", "revision", "batch", "model", "model_sha256", "created_at", "recorded_at",
     "n_samples", "abstention_rate", "mean_risk", "tier", "drift", "reasons", "limitations",
     "package_version", "policy_sha256", "manifest_digest", "is_current", "recorded_by", "revision_reason",
-    "previous_tier",
+    "previous_tier", *REVIEW_COLUMNS,
 )  # fmt: skip
 SAMPLE_COLUMNS = (
     "sample_id", "risk", "tier", "abstained", *(f"factor_{f}" for f in FACTORS), "top_factors", "rmf_ids",
@@ -112,9 +113,10 @@ def list_runs(
     limit: int | None = None,
 ) -> pd.DataFrame:
     """Runs newest first, filtered by model, created_at in [since, until), tier (exact) or
-    min_tier (that tier or worse). Columns: RUN_COLUMNS and ``revised`` (the supersede trail in
-    words, ``facts.revision_trail``; "" for a first revision). Current revisions only unless
-    ``include_superseded``."""
+    min_tier (that tier or worse). Columns: RUN_COLUMNS, ``revised`` (the supersede trail in
+    words, ``facts.revision_trail``; "" for a first revision) and ``review`` (the review state in
+    words, ``facts.review_state``: "approved by alice", "pending", "" when none was asked for).
+    Current revisions only unless ``include_superseded``."""
     where, params = [], {}
     if not include_superseded:
         where.append("is_current = 1")
@@ -143,7 +145,12 @@ def list_runs(
     frame["drift"] = frame["drift"].astype(bool)
     frame["is_current"] = frame["is_current"].astype(bool)
     frame["reasons"] = [_json(v) for v in frame["reasons"]]
-    frame["revised"] = [revision_trail(r) for r in frame.to_dict(orient="records")]
+    for col in ("review_at_tier", "review_decision", "review_reviewer", "review_source"):
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    records = frame.to_dict(orient="records")
+    frame["revised"] = [revision_trail(r) for r in records]
+    frame["review"] = [review_state(r) for r in records]
+    frame["review_decided_at"] = _utc_series(frame["review_decided_at"])
     return frame
 
 
@@ -196,7 +203,9 @@ def run_summary(conn, run_id: str, dag_id: str | None = None, revision: int | No
     current revision unless ``revision``. ``reasons`` a list; ``tier_counts`` and
     ``risk_quantiles`` dicts; ``not_measured`` a list or None; ``limitations`` a string ("" when absent); ``drift``, ``is_current``
     bools and ``abstention_elevated`` a bool or None; ``created_at``, ``recorded_at`` aware UTC
-    pandas Timestamps; ``revised`` the supersede trail in words ("" for a first revision). Raises like ``find_run``; ``facts.BatchFacts.from_row`` reads the figures.
+    pandas Timestamps; ``revised`` the supersede trail in words ("" for a first revision);
+    ``review`` the review state in words (``facts.review_state``). Raises like ``find_run``;
+    ``facts.BatchFacts.from_row`` reads the figures.
     """
     run = dict(find_run(conn, run_id, dag_id, revision, columns=("run_pk", *REPORT_RUN_COLUMNS)))
     run["reasons"] = _json(run["reasons"]) or []
@@ -211,6 +220,9 @@ def run_summary(conn, run_id: str, dag_id: str | None = None, revision: int | No
     for key in ("created_at", "recorded_at"):
         run[key] = as_utc_timestamp(run[key])
     run["revised"] = revision_trail(run)
+    run["review"] = review_state(run)
+    if run["review_decided_at"] is not None:
+        run["review_decided_at"] = as_utc_timestamp(run["review_decided_at"])
     return run
 
 
@@ -356,8 +368,8 @@ def trend(conn, *, model: str | None = None, days: int = 30) -> pd.DataFrame:
 
 def rmf_coverage(conn, *, model: str | None = None) -> pd.DataFrame:
     """One row per NIST AI RMF subcategory (Core order): function, category, text, n_runs and
-    n_records evidencing it among current runs (of ``model``), evidence_kinds, last_evidenced_at,
-    covered."""
+    n_records evidencing it among current runs (of ``model``) and their review decisions,
+    evidence_kinds, last_evidenced_at, covered."""
     params: dict = {}
     cond = "e.is_current = 1"
     if model is not None:
@@ -391,7 +403,7 @@ def rmf_coverage(conn, *, model: str | None = None) -> pd.DataFrame:
     frame["evidence_kinds"] = [sorted(kinds.get(s, [])) for s in frame["subcategory_id"]]
     frame["last_evidenced_at"] = _utc_series(frame["last_evidenced_at"])
     frame["covered"] = frame["n_records"] > 0
-    return frame
+    return add_review_coverage(conn, frame, model=model)  # review decisions evidence REVIEW_RMF
 
 
 def export_compliance_csv(conn, path, *, model=None, since=None, until=None) -> int:

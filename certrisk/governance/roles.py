@@ -5,7 +5,8 @@ Five group roles (NOLOGIN; grant them to login users: ``GRANT certrisk_complianc
 * ``certrisk_writer`` (the pipeline): SELECT and INSERT on the record tables, nothing else. No
   UPDATE, no DELETE, no TRUNCATE: a record, once written, cannot be changed through this role.
   On ``pipeline_run`` it may insert every column but ``supersedes_id`` and ``revision_reason``:
-  it records first revisions only, never supersedes one.
+  it records first revisions only, never supersedes one. It inserts review decisions (the
+  pipeline's human-in-the-loop step and ``certrisk review`` write them) and verify results.
 * ``certrisk_reviser``: what the writer may, and supersede a run (a revision with
   ``supersedes_id`` and a ``revision_reason``). Grant it to the people who may correct a record,
   not to the pipeline. Every revision shows as "revised", with the previous tier, who and why.
@@ -15,12 +16,15 @@ Five group roles (NOLOGIN; grant them to login users: ``GRANT certrisk_complianc
   v_sample_risk (tiers and factors), v_rmf_evidence, v_rmf_subcategory, v_daily_trend,
   v_drift_test (per-test drift outcomes), v_rule_result (per-expectation outcomes), v_method_cost
   (per-method counts, shares, time, memory and forward passes; aggregates only), v_evaluation and
-  v_evaluation_result (measured detection per attack family and budget: aggregates). Selecting
-  from ``certificate`` (radii, p_lower) or any table is denied: certificates guide attackers.
-* ``certrisk_auditor``: reads everything, the audit log included.
+  v_evaluation_result (measured detection per attack family and budget: aggregates), v_review
+  (review decisions) and v_verification (stored verify results). Selecting from ``certificate``
+  (radii, p_lower) or any table is denied: certificates guide attackers.
+* ``certrisk_auditor``: reads everything, the audit log included, and stores the results of its
+  ``certrisk verify`` runs (INSERT on ``verification`` only).
 
-No role may insert ``pipeline_run.recorded_by``: its default, ``session_user``, records the login
-that wrote each revision, so the supersede trail names who really did.
+No role may insert ``recorded_by`` (``pipeline_run``, ``review``, ``verification``): its default,
+``session_user``, records the login that wrote each row, so the supersede trail, a review and a
+stored verify result name who really wrote them. No role may update or delete anything.
 
 SQLite has no roles: it is a single-user file, and whoever can read the file reads everything,
 certificates included, and can write anything, revisions included (``recorded_by`` is then the
@@ -33,7 +37,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from certrisk.governance.engine import StoreEngines
-from certrisk.governance.record_tables import run_table
+from certrisk.governance.record_tables import review_table, run_table, verification_table
 from certrisk.schemas.errors import StoreError
 
 WRITER, REVISER, ENGINEER, COMPLIANCE, AUDITOR = (
@@ -46,14 +50,22 @@ WRITER, REVISER, ENGINEER, COMPLIANCE, AUDITOR = (
 ROLES = (WRITER, REVISER, ENGINEER, COMPLIANCE, AUDITOR)
 RECORD_TABLES = (
     "model", "policy", "pipeline_run", "sample_risk", "certificate", "rule_sample", "rule_result",
-    "drift_test", "rmf_evidence", "evaluation", "evaluation_result", "audit_log",
+    "drift_test", "rmf_evidence", "evaluation", "evaluation_result", "audit_log", "review", "verification",
 )  # fmt: skip
 VIEWS = (
     "v_run_summary", "v_sample_risk", "v_rmf_evidence", "v_rmf_subcategory", "v_daily_trend", "v_drift_test",
-    "v_rule_result", "v_method_cost", "v_evaluation", "v_evaluation_result",
+    "v_rule_result", "v_method_cost", "v_evaluation", "v_evaluation_result", "v_review", "v_verification",
 )  # fmt: skip
-#: pipeline_run columns no role inserts (the database fills them).
+#: Columns no role inserts (the database fills them), of the tables whose inserts are granted per
+#: column.
 FILLED_BY_DATABASE = ("id", "recorded_by")
+#: Tables whose INSERT is granted per column (all but FILLED_BY_DATABASE, and for pipeline_run
+#: the writer also not REVISION_COLUMNS), with their columns.
+COLUMN_GRANTED = {
+    "pipeline_run": run_table,
+    "review": review_table,
+    "verification": verification_table,
+}
 #: pipeline_run columns only the reviser inserts.
 REVISION_COLUMNS = ("supersedes_id", "revision_reason")
 
@@ -72,13 +84,14 @@ def grant_statements(database: str, present: dict[str, set[str]] | None = None) 
     tables = [*records, "rmf_subcategory", "alembic_version"]
     views = [v for v in VIEWS if there(v)]
     everything = ", ".join([*tables, *views])
-    others = ", ".join(t for t in records if t != "pipeline_run")
-    run_columns = [
-        c.name for c in run_table.c if present is None or c.name in present.get("pipeline_run", ())
-    ]
+    others = ", ".join(t for t in records if t not in COLUMN_GRANTED)
 
-    def insertable(*excluded: str) -> str:
-        return ", ".join(f'"{c}"' for c in run_columns if c not in excluded)
+    def insertable(table: str, *excluded: str) -> str:
+        cols = [
+            c.name for c in COLUMN_GRANTED[table].c if present is None or c.name in present.get(table, ())
+        ]
+        quoted = ", ".join(f'"{c}"' for c in cols if c not in excluded)
+        return f"GRANT INSERT ({quoted}) ON {table}"
 
     stmts = []
     for role in ROLES:
@@ -97,7 +110,12 @@ def grant_statements(database: str, present: dict[str, set[str]] | None = None) 
         stmts += [
             f"GRANT SELECT ON {', '.join(records)} TO {role}",
             f"GRANT INSERT ON {others} TO {role}",
-            f"GRANT INSERT ({insertable(*excluded)}) ON pipeline_run TO {role}",
+            f"{insertable('pipeline_run', *excluded)} TO {role}",
+            *(
+                f"{insertable(t, *FILLED_BY_DATABASE)} TO {role}"
+                for t in ("review", "verification")
+                if there(t)
+            ),
             f"GRANT SELECT ON rmf_subcategory, alembic_version TO {role}",
             f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
         ]
@@ -106,6 +124,11 @@ def grant_statements(database: str, present: dict[str, set[str]] | None = None) 
         f"GRANT SELECT ON {', '.join(views)} TO {COMPLIANCE}",
         f"GRANT SELECT ON {everything} TO {AUDITOR}",
     ]
+    if there("verification"):  # the auditor stores its verify results, nothing else
+        stmts += [
+            f"{insertable('verification', *FILLED_BY_DATABASE)} TO {AUDITOR}",
+            f"GRANT USAGE ON SEQUENCE verification_id_seq TO {AUDITOR}",
+        ]
     return stmts
 
 

@@ -8,6 +8,10 @@ Usage::
     store.list_runs(model="digits", tier="high")
     store.write_evaluation("digits", policy_text, reference_sha256, frame, meta)
     store.verify()                        # VerifyReport(ok, first_bad_run, first_bad_row, message)
+    store.verify(record=True)             # ... and store the result (what pages show: last_verify())
+    store.verify_run("dag", "run-1")      # a bounded check of one run and its reviews
+    store.record_review(dag_id="dag", run_id="run-1", decision="approve", reviewer="alice")
+    store.reviews(run_id="run-1")         # the recorded decisions, newest first
 
 Writes. ``write_run`` validates the whole payload first (nothing is written on bad input; every
 summary figure the rows determine is derived from them, and a supplied one that disagrees is
@@ -21,6 +25,18 @@ only the reviser role may). Two writers racing on one key are resolved by the un
 on (dag_id, run_id, revision): the loser re-reads and reports "already recorded" (same payload)
 or the conflict. ``write_evaluation`` records a measured-detection evaluation the same way
 (``certrisk.governance.evaluations``).
+
+Reviews. ``record_review`` appends a person's decision (approve, reject, escalate) on a recorded
+run as a review row with its own audit entry (kind "review"), exactly once per ``review_key``
+(``certrisk.governance.reviews``); ``verify`` covers it. ``list_runs`` states each run's review
+state (``facts.review_state``): the latest decision, or "pending" where the batch summary's
+``review_at_tier`` (the policy's ``review.at_tier``, recorded with the run) is reached and nobody
+decided yet.
+
+Verify results. ``verify(record=True)`` stores its result (``certrisk.governance.verifications``:
+not chained); ``last_verify`` reads the newest. ``verify_run`` checks one run and its reviews
+against their entries and the entries beside them (``certrisk.governance.verify_run``), bounded
+by the run's size, for pages that may not walk the whole chain.
 
 Models. By default a write registers the model version (name, sha256) it names. With
 ``require_registered_model=True`` a write for a model version nobody registered with
@@ -36,8 +52,9 @@ in one dialect object (``certrisk.governance.engine``).
 Layout. This class is a facade: ``engine`` (engines, connections, dialects, error translation),
 ``payload`` and ``summary_figures`` (validation into canonical rows), ``evaluations``
 (evaluation records), ``write`` and ``audit_log`` (the write transaction, the chain appends),
-``queries`` (views, compliance-visible), ``raw_reads`` (raw tables) and ``verify`` (the audit
-chain) do the work. ``connect(action)`` hands callers such as ``certrisk.reports`` a read connection for the
+``queries`` (views, compliance-visible), ``raw_reads`` (raw tables), ``reviews`` (review
+decisions), ``verifications`` (stored verify results) and ``verify`` / ``verify_run`` (the audit
+chain, whole or one run's) do the work. ``connect(action)`` hands callers such as ``certrisk.reports`` a read connection for the
 functions of ``queries`` and ``raw_reads``.
 
 Errors. Bad input: ``InputError``. An unreachable database (or a locked SQLite file past the
@@ -47,12 +64,15 @@ masked. A missing schema or a refused permission: ``StoreError``.
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
+import time
 from importlib import resources
 
 import pandas as pd
 import sqlalchemy as sa
 
-from certrisk.governance import queries
+from certrisk.governance import queries, reviews, verifications
 from certrisk.governance.audit_log import chain_existing_records
 from certrisk.governance.chain import VerifyReport
 from certrisk.governance.engine import StoreEngines, mask_url
@@ -61,9 +81,10 @@ from certrisk.governance.payload import RunRecord, prepare
 from certrisk.governance.raw_reads import read_run
 from certrisk.governance.roles import apply_grants, tiers_granted
 from certrisk.governance.verify import verify_store
+from certrisk.governance.verify_run import verify_one_run
 from certrisk.governance.write import RunWriter, WriteResult
 from certrisk.schemas.clock import utc_now
-from certrisk.schemas.errors import StoreError
+from certrisk.schemas.errors import RunNotFoundError, StoreError
 from certrisk.schemas.rmf import catalog
 from certrisk.schemas.settings import default_db_url
 from certrisk.schemas.tables import RMF_EVIDENCE_COLUMNS, RmfSubcategory
@@ -278,10 +299,93 @@ class GovernanceStore:
         with self.connect("export_compliance_csv") as conn:
             return queries.export_compliance_csv(conn, path, model=model, since=since, until=until)
 
-    def verify(self, expected_head: str | None = None) -> VerifyReport:
-        """Recompute every digest and link of the audit chain; see ``certrisk.governance.verify``."""
+    def verify(
+        self, expected_head: str | None = None, *, record: bool = False, verified_by: str | None = None
+    ) -> VerifyReport:
+        """Recompute every digest and link of the audit chain; see ``certrisk.governance.verify``.
+
+        ``record=True`` stores the result (``record_verification``; ``verified_by`` defaults to
+        the operating-system user). Storing is secondary to verifying: where it fails (a role
+        without INSERT on ``verification``) the report comes back with the reason appended to its
+        message instead of raising."""
+        started = time.perf_counter()
         with self.connect("verify") as conn:
-            return verify_store(conn, expected_head=expected_head)
+            report = verify_store(conn, expected_head=expected_head)
+        if not record:
+            return report
+        seconds = time.perf_counter() - started
+        try:
+            self._store_verification(report, verified_by or getpass.getuser(), expected_head, seconds)
+        except StoreError as exc:
+            return dataclasses.replace(report, message=f"{report.message} (result not stored: {exc})")
+        return report
+
+    def _store_verification(self, report, verified_by, expected_head, seconds) -> None:
+        with self._engines.begin("record_verification") as conn:
+            verifications.insert_verification(
+                conn, report, verified_by, expected_head=expected_head, seconds=seconds
+            )
+
+    def record_verification(self, report: VerifyReport, verified_by: str) -> None:
+        """Store a ``verify`` result (``certrisk.governance.verifications``): what pages state as
+        the last verify. Raises ``StoreError`` where the connection may not insert it."""
+        self._store_verification(report, verified_by, None, None)
+
+    def last_verify(self) -> dict | None:
+        """The newest stored verify result (v_verification): verified_at (aware UTC), verified_by,
+        recorded_by (the database login on PostgreSQL), ok, head, expected_head, runs_checked,
+        rows_checked, first_bad_run, first_bad_row, message, seconds; None when none is stored."""
+        with self.connect("last_verify") as conn:
+            return verifications.last_verify(conn)
+
+    def verify_run(self, dag_id: str, run_id: str) -> VerifyReport:
+        """A bounded verify of one run: every revision's rows and audit entry (with the links to
+        the entries beside it) and the run's reviews; not the rest of the chain. Reads raw tables
+        and the audit log (the writer, reviser and auditor roles on PostgreSQL). Raises
+        ``RunNotFoundError`` when the run is not recorded."""
+        with self.connect("verify_run") as conn:
+            try:
+                return verify_one_run(conn, dag_id, run_id)
+            except RunNotFoundError as exc:
+                raise RunNotFoundError(f"{exc} in {self.masked_url}") from None
+
+    # ------------------------------------------------------------------ reviews
+    def record_review(
+        self, *, dag_id: str | None, run_id: str, decision: str, reviewer: str, comment: str = "",
+        decided_at=None, source: str = "cli", review_key: str | None = None,
+    ) -> dict:  # fmt: skip
+        """Record a reviewer's decision on the current revision of a recorded run, append-only,
+        with its audit entry (see ``certrisk.governance.reviews``).
+
+        ``decision``: "approve", "reject" or "escalate". ``reviewer``: the Airflow user (id or
+        name), or "system" with ``source="timeout"``. ``decided_at``: when it was decided (aware
+        or UTC datetime, ISO text; default now). ``source``: "airflow-hitl", "cli" or "timeout".
+        ``review_key``: idempotency key (one per decision: the same key again records nothing).
+        ``dag_id`` None: the run_id must name one DAG's run.
+
+        Returns a dict: status ("recorded" or "already recorded"), review_pk, dag_id, run_id,
+        revision, decision, comment, reviewer, decided_at, source, recorded_at (aware UTC pandas
+        Timestamps), recorded_by, review_key, database (the masked URL). Raises ``InputError`` for
+        a bad decision, source or reviewer, ``RunNotFoundError`` naming the run when it is not
+        recorded, ``RecordConflictError`` when the key records another decision; nothing is
+        written then."""
+        decision_ = reviews.prepare_review(
+            dag_id=dag_id, run_id=run_id, decision=decision, reviewer=reviewer, comment=comment,
+            decided_at=decided_at, source=source, review_key=review_key,
+        )  # fmt: skip
+        try:
+            return reviews.record_review(self._engines, decision_)
+        except RunNotFoundError as exc:
+            raise RunNotFoundError(f"{exc} (database {self.masked_url})") from None
+
+    def reviews(
+        self, dag_id: str | None = None, run_id: str | None = None, *, limit: int | None = None
+    ) -> pd.DataFrame:
+        """Recorded review decisions (v_review), newest decision first: dag_id, run_id, revision,
+        decision, comment, reviewer, decided_at, source, recorded_at, recorded_by, review_key,
+        model."""
+        with self.connect("reviews") as conn:
+            return reviews.reviews(conn, dag_id=dag_id, run_id=run_id, limit=limit)
 
 
 def _crosses(script, before: str, after: str, target: str) -> bool:

@@ -9,7 +9,8 @@ digest. Then the record it covers, by kind:
   and the table digest (``verify_rows``); the run row's timestamps, summary, header digest and
   supersede trail (``verify_records.check_run_row``);
 * a model or a policy: every column of its row;
-* an evaluation: its header and result rows, like a run's.
+* an evaluation: its header and result rows, like a run's;
+* a review: every column, and the run revision it names (key, revision, manifest digest).
 
 Finally: records without an entry (inserted by hand), the NIST AI RMF catalog against the copy
 certrisk ships, and the chain head against ``expected_head``. The first failure in that order is
@@ -39,6 +40,7 @@ from certrisk.governance.record_tables import (
     MODEL,
     POLICY,
     RECORD_TABLES,
+    REVIEW,
     ROW_TABLES,
     RUN,
     audit_table,
@@ -47,12 +49,14 @@ from certrisk.governance.verify_records import (
     check_catalog,
     check_evaluation_row,
     check_record,
+    check_review_row,
     check_run_row,
     check_unchained,
     evaluations_query,
     read_document,
     read_timestamp,
     records_query,
+    reviews_query,
     runs_query,
 )
 from certrisk.governance.verify_rows import Bad, check_row_tables
@@ -60,20 +64,19 @@ from certrisk.governance.verify_rows import Bad, check_row_tables
 _AUDIT = audit_table
 
 
-def _entries(conn, dialect) -> list:
+def entries_query(dialect):
+    """Audit entries in chain order, manifest and facts as stored text, the time in stored form."""
     a = _AUDIT
     plain = [c for c in a.c if c.name not in ("manifest", "facts", "recorded_at")]
-    return conn.execute(
-        sa.select(
-            *plain,
-            sa.cast(a.c.manifest, sa.Text).label("manifest_text"),
-            sa.cast(a.c.facts, sa.Text).label("facts_text"),
-            dialect.stored_timestamp(a.c.recorded_at).label("recorded_raw"),
-        ).order_by(a.c.seq)
-    ).all()
+    return sa.select(
+        *plain,
+        sa.cast(a.c.manifest, sa.Text).label("manifest_text"),
+        sa.cast(a.c.facts, sa.Text).label("facts_text"),
+        dialect.stored_timestamp(a.c.recorded_at).label("recorded_raw"),
+    ).order_by(a.c.seq)
 
 
-def _label(e) -> tuple[str, str]:
+def entry_label(e) -> tuple[str, str]:
     """(the record's label in a report, the words naming it in a message)."""
     if e.kind == RUN:
         label = f"{e.dag_id}/{e.run_id}#{e.revision}"
@@ -82,7 +85,7 @@ def _label(e) -> tuple[str, str]:
     return label, label
 
 
-def _check_entry(e, position: int, prev: str, label: str, dialect) -> tuple[dict, dict | None, object]:
+def check_entry(e, position: int, prev: str, label: str, dialect) -> tuple[dict, dict | None, object]:
     """The audit entry itself: its place in the sequence, its link, its stored values, its hash and
     its manifest digest. Returns (manifest, facts, recorded_at)."""
     if e.seq != position:
@@ -150,19 +153,32 @@ def _check_run_key(run, e, label: str, by_id: dict) -> None:
         raise Bad(label, "pipeline_run", f"run {label}: pipeline_run.manifest_digest was changed")
 
 
-class _Walk:
-    """The stored records, consumed entry by entry; what is left has no entry."""
+class Walk:
+    """The stored records, consumed entry by entry; what is left has no entry.
 
-    def __init__(self, conn, dialect):
+    ``runs``, ``records`` ({kind: rows}), ``evaluations`` and ``reviews``: {id: row} of the
+    records to check (``everything`` reads them all; ``verify_run`` one run's)."""
+
+    def __init__(self, conn, dialect, *, runs: dict, records: dict, evaluations: dict, reviews: dict):
         self.conn, self.dialect = conn, dialect
-        self.runs = {r.id: r for r in conn.execute(runs_query(dialect)).all()}
-        self.by_id = dict(self.runs)
-        self.records = {
-            kind: {r.id: r for r in conn.execute(records_query(table, dialect)).all()}
-            for kind, table in RECORD_TABLES.items()
-        }
-        self.evaluations = {r.id: r for r in conn.execute(evaluations_query(dialect)).all()}
+        self.runs, self.by_id = runs, dict(runs)
+        self.records, self.evaluations, self.reviews = records, evaluations, reviews
         self.runs_checked = self.rows_checked = 0
+
+    @classmethod
+    def everything(cls, conn, dialect) -> Walk:
+        def rows(query) -> dict:
+            return {r.id: r for r in conn.execute(query).all()}
+
+        return cls(
+            conn, dialect, runs=rows(runs_query(dialect)),
+            records={kind: rows(records_query(table, dialect)) for kind, table in RECORD_TABLES.items()},
+            evaluations=rows(evaluations_query(dialect)), reviews=rows(reviews_query(dialect)),
+        )  # fmt: skip
+
+    def leftovers(self) -> None:
+        """Records no entry covered: inserted by hand."""
+        check_unchained(self.runs, self.records, self.evaluations, self.reviews)
 
     def check(self, e, manifest: dict, facts, recorded_at, label: str) -> None:
         if e.kind == RUN:
@@ -193,6 +209,13 @@ class _Walk:
                 what="evaluation of", manifest=manifest,
             )  # fmt: skip
             check_evaluation_row(row, manifest, recorded_at, label=label, dialect=self.dialect)
+        elif e.kind == REVIEW:
+            row = self.reviews.pop(e.record_pk, None)
+            if row is None:
+                raise Bad(
+                    label, None, f"{label} (audit entry {e.seq}): its review row is missing: it was deleted"
+                )
+            check_review_row(row, manifest, recorded_at, self.by_id, label=label, dialect=self.dialect)
         else:
             raise Bad(label, None, f"audit entry {e.seq} has kind {e.kind!r}, which certrisk never writes")
 
@@ -205,7 +228,7 @@ def _check_head(entries: list, head: str, expected_head: str | None) -> None:
     if expected_head in hashes:
         at = hashes.index(expected_head) + 1
         later = len(hashes) - at
-        last = _label(entries[-1])[0]
+        last = entry_label(entries[-1])[0]
         raise Bad(
             last,
             None,
@@ -227,14 +250,14 @@ def verify_store(conn, *, expected_head: str | None = None) -> VerifyReport:
     """Walk the audit chain in order and check everything it covers (see the module docstring);
     the first failure becomes a report naming its record and row."""
     dialect = dialect_of(conn)
-    entries = _entries(conn, dialect)
-    walk = _Walk(conn, dialect)
+    entries = conn.execute(entries_query(dialect)).all()
+    walk = Walk.everything(conn, dialect)
     prev = GENESIS
     try:
         for position, e in enumerate(entries, start=1):
-            label, _title = _label(e)
+            label, _title = entry_label(e)
             try:
-                manifest, facts, recorded_at = _check_entry(e, position, prev, label, dialect)
+                manifest, facts, recorded_at = check_entry(e, position, prev, label, dialect)
                 walk.check(e, manifest, facts, recorded_at, label)
             except (TypeError, ValueError, KeyError, AttributeError, TimestampProblem) as exc:
                 raise Bad(
@@ -243,7 +266,7 @@ def verify_store(conn, *, expected_head: str | None = None) -> VerifyReport:
                     f"{label} (audit entry {e.seq}): a stored value cannot be read ({exc}): it was altered",
                 ) from None
             prev = e.entry_hash
-        check_unchained(walk.runs, walk.records, walk.evaluations)
+        walk.leftovers()
         check_catalog(conn)
         _check_head(entries, prev, expected_head)
     except Bad as bad:

@@ -3,7 +3,8 @@
 A run: its timestamps (each in the backend's one representation, ``recorded_at`` the entry's),
 its summary (read strictly, stored as the canonical text that was written), its header digest
 (key, provenance, figures, summary, model and policy) and the supersede trail (who recorded the
-revision, why). A model or a policy: every column of ``RECORD_COLUMNS``. Then what no entry
+revision, why). A model or a policy: every column of ``RECORD_COLUMNS``. A review: every column
+of ``RECORD_COLUMNS["review"]`` and its link to the run revision it names. Then what no entry
 covers (rows inserted by hand) and the NIST AI RMF catalog against the copy certrisk ships. Each
 check raises ``verify_rows.Bad`` with words that fit what it found.
 """
@@ -26,10 +27,12 @@ from certrisk.governance.engine import TimestampProblem
 from certrisk.governance.evaluations import EvaluationHeader
 from certrisk.governance.record_tables import (
     RECORD_COLUMNS,
+    REVIEW,
     catalog_table,
     evaluation_table,
     model_table,
     policy_table,
+    review_table,
     run_table,
 )
 from certrisk.governance.verify_rows import Bad
@@ -177,7 +180,42 @@ def check_record(kind: str, row, manifest: dict, *, label: str, dialect) -> None
         )
 
 
-def check_unchained(runs: dict, records: dict[str, dict], evaluations: dict) -> None:
+def reviews_query(dialect, run_pks=None):
+    """Every review row (of the runs ``run_pks``, when given), timestamps in stored form."""
+    v = review_table
+    stamps = ("decided_at", "recorded_at")
+    plain = [c for c in v.c if c.name not in stamps]
+    q = sa.select(*plain, *(dialect.stored_timestamp(v.c[s]).label(s) for s in stamps)).order_by(v.c.id)
+    return q if run_pks is None else q.where(v.c.run_pk.in_(list(run_pks)))
+
+
+def check_review_row(row, manifest: dict, recorded_at, runs_by_id: dict, *, label: str, dialect) -> None:
+    """A review row against its entry: every digested column, its recorded_at, and the run
+    revision it names (present under ``run_pk``, same key, revision and manifest digest)."""
+    check_record(REVIEW, row, manifest, label=label, dialect=dialect)
+    stored = read_timestamp(dialect, row.recorded_at, label=label, where="review.recorded_at", title=label)
+    if stored != recorded_at:
+        raise Bad(label, f"review id={row.id}", f"{label}: review.recorded_at differs from its audit entry's")
+    run = runs_by_id.get(row.run_pk)
+    named = f"{row.dag_id}/{row.run_id}#{row.revision}"
+    if run is None or (run.dag_id, run.run_id, run.revision) != (row.dag_id, row.run_id, row.revision):
+        now = "no recorded run" if run is None else f"run {run.dag_id}/{run.run_id}#{run.revision}"
+        raise Bad(
+            label,
+            f"review id={row.id} run_pk",
+            f"{label}: the review names run {named} but its run_pk {row.run_pk} is {now}: it was re-pointed",
+        )
+    if run.manifest_digest != row.run_manifest_digest:
+        raise Bad(
+            label,
+            f"review id={row.id}",
+            f"{label}: run {named}'s manifest digest is not the one the reviewer decided on",
+        )
+
+
+def check_unchained(
+    runs: dict, records: dict[str, dict], evaluations: dict, reviews: dict | None = None
+) -> None:
     """Rows left after the walk have no audit entry: they were inserted by hand."""
     if runs:
         forged = next(iter(runs.values()))
@@ -206,6 +244,15 @@ def check_unchained(runs: dict, records: dict[str, dict], evaluations: dict) -> 
             f"evaluation id={row.id}",
             f"{label} (evaluation row {row.id}) has no audit entry: it was inserted outside "
             f"GovernanceStore.write_evaluation; {len(evaluations)} such evaluation(s)",
+        )
+    if reviews:
+        row = next(iter(reviews.values()))
+        label = f"review of {row.dag_id}/{row.run_id}#{row.revision} by {row.reviewer}"
+        raise Bad(
+            label,
+            f"review id={row.id}",
+            f"{label} (review row {row.id}, {row.decision}) has no audit entry: it was inserted outside "
+            f"GovernanceStore.record_review; {len(reviews)} such review(s)",
         )
 
 

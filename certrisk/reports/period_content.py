@@ -1,6 +1,8 @@
 """The per-period report: ``period_report(data)`` turns ``PeriodData`` (one model's current runs over
-a span of days) into a ``Report``: daily trends, runs at high or critical tier, NIST AI RMF coverage
-over time, certified radii per run (engineer edition) and provenance, with the runs as the CSV frame.
+a span of days) into a ``Report``: daily trends, runs at high or critical tier, human review (the
+decisions per outcome, the runs still pending), NIST AI RMF coverage over time (review decisions
+count as evidence), certified radii per run (engineer edition) and provenance, with the runs as the
+CSV frame.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ import pandas as pd
 import certrisk
 from certrisk.reports import plots
 from certrisk.reports.document import EDITION_NOTES, FLAGGED_TIERS, Figure, Report, Section, Table
-from certrisk.reports.formatting import audit_facts, fmt_num, fmt_pct, fmt_time
+from certrisk.reports.formatting import audit_facts, fmt_num, fmt_pct, fmt_time, present
+from certrisk.reports.run_content import REVIEW_NOTE, last_verify_facts, review_table
 from certrisk.reports.sources import PeriodData
 from certrisk.schemas.clock import as_utc_timestamp, utc_now
 from certrisk.schemas.enums import Edition, Tier
+from certrisk.schemas.review import DECISION_WORDS, DECISIONS, REVIEW_EVIDENCE, REVIEW_RMF
 from certrisk.schemas.rmf import Coverage, coverage
 
 #: Columns of the period CSV (one row per run; reasons joined with ";").
 CSV_COLUMNS = [
     "created_at", "dag_id", "run_id", "revision", "model", "n_samples", "abstention_rate", "mean_risk",
-    "tier", "drift",
+    "tier", "drift", "review",
 ]  # fmt: skip
 
 
@@ -116,6 +120,46 @@ def _flagged_section(data: PeriodData) -> Section:
     )
 
 
+def _reviews(data: PeriodData) -> pd.DataFrame:
+    return data.reviews if data.reviews is not None else pd.DataFrame(columns=["decision", "created_at"])
+
+
+def review_counts(data: PeriodData) -> dict[str, int]:
+    """Recorded decisions per outcome in the period ({decision: count}, every decision) and the
+    runs still "pending" (their tier asks for a review and nobody decided)."""
+    decided = _reviews(data)["decision"].value_counts()
+    counts = {d: int(decided.get(d, 0)) for d in DECISIONS}
+    counts["pending"] = int((data.runs["review"] == "pending").sum()) if "review" in data.runs else 0
+    return counts
+
+
+def _review_words(counts: dict[str, int]) -> str:
+    said = ", ".join(f"{counts[d]} {DECISION_WORDS[d]}" for d in DECISIONS)
+    return f"{said}; {counts['pending']} pending"
+
+
+def _review_section(data: PeriodData) -> Section:
+    counts = review_counts(data)
+    reviews = _reviews(data)
+    sec = Section(
+        "review",
+        "Human review",
+        paragraphs=[f"Review decisions on the period's runs: {_review_words(counts)}."],
+        facts=[(DECISION_WORDS[d].capitalize(), str(counts[d])) for d in DECISIONS]
+        + [("Pending (tier at or above the policy's review tier, no decision)", str(counts["pending"]))],
+        notes=[REVIEW_NOTE],
+    )
+    if len(reviews):
+        sec.tables.append(review_table(reviews, run_column=True))
+    pending = data.runs.loc[data.runs["review"] == "pending"] if "review" in data.runs else data.runs.iloc[:0]
+    if len(pending):
+        rows = [[fmt_time(r.created_at), r.dag_id, r.run_id, r.tier] for r in pending.itertuples(index=False)]
+        sec.tables.append(
+            Table(["Created", "DAG", "Run", "Tier"], rows, caption="Runs awaiting a decision", tier_column=3)
+        )
+    return sec
+
+
 def _coverage_per_day(evidence: pd.DataFrame) -> pd.DataFrame:
     """Per UTC day: subcategories evidenced that day, and evidenced so far in the period."""
     if not len(evidence):
@@ -131,9 +175,21 @@ def _coverage_per_day(evidence: pd.DataFrame) -> pd.DataFrame:
     return per_day
 
 
+def _evidence(data: PeriodData) -> pd.DataFrame:
+    """The period's RMF evidence rows with the review decisions' (``REVIEW_RMF``) added."""
+    reviews = _reviews(data)
+    if not len(reviews):
+        return data.evidence_by_run
+    rows = pd.DataFrame(
+        [[created, sid, REVIEW_EVIDENCE] for created in reviews["created_at"] for sid in REVIEW_RMF],
+        columns=["created_at", "subcategory_id", "evidence_kind"],
+    )
+    return pd.concat([data.evidence_by_run, rows], ignore_index=True)
+
+
 def _coverage(data: PeriodData) -> list[Coverage]:
     """The period's NIST AI RMF coverage, one entry per subcategory in Core order."""
-    evidence = data.evidence_by_run
+    evidence = _evidence(data)
     return coverage(
         zip(evidence["subcategory_id"], evidence["evidence_kind"], [""] * len(evidence), strict=True)
     )
@@ -144,8 +200,25 @@ def _coverage_section(data: PeriodData, entries: list[Coverage]) -> Section:
     per_function = Counter(c.subcategory.function for c in entries)
     evidenced = Counter(c.subcategory.function for c in entries if c.evidenced)
     cov = data.coverage
+    reviewed = _reviews(data)
+    review_ids = set(REVIEW_RMF) if len(reviewed) else set()
+    last_review = reviewed["created_at"].max() if len(reviewed) else None
+
+    def kinds(r) -> str:
+        return ", ".join(
+            sorted({*r.evidence_kinds, *([REVIEW_EVIDENCE] if r.subcategory_id in review_ids else [])})
+        )
+
+    def last(r):
+        stamps = [
+            t
+            for t in (r.last_evidenced_at, last_review if r.subcategory_id in review_ids else None)
+            if present(t)
+        ]
+        return max(stamps) if stamps else None
+
     cov_rows = [
-        [r.subcategory_id, r.text, str(r.n_runs), ", ".join(r.evidence_kinds), fmt_time(r.last_evidenced_at)]
+        [r.subcategory_id, r.text, str(r.n_runs), kinds(r), fmt_time(last(r))]
         for r in cov.loc[cov["subcategory_id"].isin(covered)].itertuples(index=False)
     ]
     return Section(
@@ -155,7 +228,7 @@ def _coverage_section(data: PeriodData, entries: list[Coverage]) -> Section:
         figures=[
             Figure(
                 "Subcategories evidenced",
-                plots.rmf_coverage_over_time(_coverage_per_day(data.evidence_by_run), len(entries)),
+                plots.rmf_coverage_over_time(_coverage_per_day(_evidence(data)), len(entries)),
                 "NIST AI RMF subcategories evidenced per day",
             )
         ],
@@ -212,6 +285,7 @@ def _provenance_section(data: PeriodData) -> Section:
         ("Period", f"{data.days} days: {fmt_time(data.since)} to {fmt_time(data.until)}"),
         ("Scope", _scope(data)),
         *audit_facts(data.audit),
+        *last_verify_facts(data.last_verify),
     ]
     return Section("provenance", "Provenance", facts=facts)
 
@@ -227,6 +301,7 @@ def _headline(data: PeriodData, entries: list[Coverage]) -> list[tuple[str, str]
         ("Abstention rate", fmt_pct(_weighted(runs, "abstention_rate"))),
         ("Mean risk", fmt_num(_weighted(runs, "mean_risk"))),
         ("RMF subcategories evidenced", f"{evidenced} of {len(entries)}"),
+        ("Reviews", _review_words(review_counts(data))),
     ]
 
 
@@ -234,7 +309,12 @@ def period_report(data: PeriodData, *, generated_at: datetime | None = None) -> 
     """The per-period report: daily trends, runs at high or critical tier, RMF coverage over time."""
     runs = data.runs
     entries = _coverage(data)
-    sections = [_trends_section(data), _flagged_section(data), _coverage_section(data, entries)]
+    sections = [
+        _trends_section(data),
+        _flagged_section(data),
+        _review_section(data),
+        _coverage_section(data, entries),
+    ]
     if data.edition is Edition.ENGINEER and data.radius_by_run is not None:
         sections.append(_radii_section(data.radius_by_run))
     sections.append(_provenance_section(data))

@@ -1,6 +1,8 @@
 """The per-run report: ``run_report(data)`` turns what a source read (``RunData``) into a ``Report``
-of headline figures and sections (tier and reasons, risk distribution, abstention, drift, rules,
-top-risk samples, methods, limitations, NIST AI RMF crosswalk, provenance) and the CSV frame.
+of headline figures and sections (tier and reasons, human review, risk distribution, abstention,
+drift, rules, top-risk samples, methods, limitations, NIST AI RMF crosswalk, provenance) and the
+CSV frame. Both editions state the review decisions on the record; they are evidence for NIST AI
+RMF MANAGE 1.3, MANAGE 2.4, GOVERN 3.2 and MEASURE 3.3 in the crosswalk.
 
 Batch figures (the abstention test, drift and rule counts, what was not measured) are numbers from
 the run's stored batch summary (``RunData.facts``), never parsed back out of reasons or evidence
@@ -30,6 +32,7 @@ from certrisk.schemas.columns import FACTORS
 from certrisk.schemas.enums import Edition, Tier
 from certrisk.schemas.errors import PolicyError
 from certrisk.schemas.policy import parse_policy
+from certrisk.schemas.review import DECISION_WORDS, REVIEW_EVIDENCE, REVIEW_RMF
 from certrisk.schemas.rmf import catalog_source
 
 
@@ -64,6 +67,84 @@ def _tier_section(data: RunData) -> Section:
         bullets=reasons,
         notes=["Tier low means no factor of the score fired; it is not evidence that a sample is benign."],
     )
+
+
+#: What a report says about a review's record.
+REVIEW_NOTE = (
+    "Each decision is an append-only record with its own audit-chain entry (`certrisk verify` covers it); "
+    "a changed decision is a new record and the latest decides the review state. Evidence for NIST AI "
+    f"RMF {', '.join(REVIEW_RMF)}."
+)
+
+
+def review_table(reviews: pd.DataFrame, *, run_column: bool = False) -> Table:
+    """Review decisions, newest first: when, decision, reviewer, source, revision (or the run), comment."""
+    rows = []
+    for r in reviews.itertuples(index=False):
+        where = f"{r.dag_id} / {r.run_id}" if run_column else str(r.revision)
+        rows.append(
+            [fmt_time(r.decided_at), DECISION_WORDS.get(r.decision, r.decision), str(r.reviewer), str(r.source),
+             where, str(r.comment) or "-"]
+        )  # fmt: skip
+    return Table(
+        ["Decided", "Decision", "Reviewer", "Source", "Run" if run_column else "Revision", "Comment"],
+        rows,
+        caption="Review decisions on the record, newest first",
+        widths=[0.15, 0.1, 0.13, 0.11, 0.17 if run_column else 0.08, 0.34 if run_column else 0.43],
+    )
+
+
+def _current_reviews(data: RunData) -> pd.DataFrame:
+    """The decisions on the revision the report shows."""
+    reviews = data.reviews
+    if reviews is None or not len(reviews):
+        return pd.DataFrame(columns=["decision"])
+    return reviews.loc[reviews["revision"] == int(data.run["revision"])]
+
+
+def _review_section(data: RunData) -> Section:
+    run = data.run
+    state = run.get("review") or ""
+    current = _current_reviews(data)
+    if len(current):
+        latest = current.iloc[0]
+        said = f': "{latest["comment"]}"' if latest["comment"] else ""
+        lead = f"Review state: {state}, {fmt_time(latest['decided_at'])} (source {latest['source']}){said}."
+    elif state == "pending":
+        lead = (
+            f"Review state: pending. The policy in force asks for a reviewer's decision on batches from tier "
+            f"{run.get('review_at_tier')}; this batch is tier {run['tier']} and no decision is recorded yet."
+        )
+    else:
+        lead = "No review was asked for this batch (no review section in the policy, or a tier below it) and none is recorded."
+    sec = Section("review", "Human review", paragraphs=[lead], notes=[REVIEW_NOTE])
+    if data.reviews is not None and len(data.reviews):
+        sec.tables.append(review_table(data.reviews))
+        if len(current) < len(data.reviews):
+            sec.notes.append("Decisions on earlier revisions of this run are listed with their revision.")
+    return sec
+
+
+def _review_evidence(data: RunData) -> pd.DataFrame:
+    """The run's RMF evidence rows with its review decisions (NIST AI RMF ``REVIEW_RMF``) added."""
+    current = _current_reviews(data)
+    if not len(current):
+        return data.evidence
+    detail = f"{len(current)} decision(s); latest: {data.run.get('review') or current.iloc[0]['decision']}"
+    rows = pd.DataFrame(
+        [[sid, REVIEW_EVIDENCE, detail] for sid in REVIEW_RMF], columns=list(data.evidence.columns)
+    )
+    return pd.concat([data.evidence, rows], ignore_index=True)
+
+
+def last_verify_facts(last: dict | None) -> list[tuple[str, str]]:
+    """The newest stored ``certrisk verify`` result as a provenance fact."""
+    if last is None:
+        return [("Last full verify", "none stored: run `certrisk verify` (it stores its result)")]
+    outcome = "intact" if last["ok"] else f"BROKEN at {last.get('first_bad_run') or 'the chain'}"
+    when = f"{fmt_time(last['verified_at'])} by {last['verified_by']}"
+    text = f"{outcome}, {when}: {int(last['rows_checked']):,} rows, head {last['head']}"
+    return [("Last full verify", text)]
 
 
 def _distribution_section(data: RunData) -> Section:
@@ -225,7 +306,7 @@ def _not_measured(names: tuple[str, ...] | None) -> str:
 
 
 def _crosswalk_section(data: RunData, facts: BatchFacts) -> Section:
-    have, missing = crosswalk(data.evidence, not_measured=_not_measured(facts.not_measured))
+    have, missing = crosswalk(_review_evidence(data), not_measured=_not_measured(facts.not_measured))
     return Section(
         "crosswalk",
         "NIST AI RMF crosswalk",
@@ -273,7 +354,8 @@ def _provenance_section(data: RunData, policy) -> Section:
     ]
     if policy is not None:
         facts.append(("Reference set", str(policy.data.reference)))
-    return Section("provenance", "Provenance", facts=facts + audit_facts(data.audit))
+    facts += audit_facts(data.audit) + last_verify_facts(data.last_verify)
+    return Section("provenance", "Provenance", facts=facts)
 
 
 def _headline(data: RunData) -> list[tuple[str, str]]:
@@ -285,6 +367,7 @@ def _headline(data: RunData) -> list[tuple[str, str]]:
     return [
         ("Batch tier", str(run["tier"])),
         *revised,
+        *([("Review", str(run["review"]))] if run.get("review") else []),
         ("Samples", f"{int(run['n_samples']):,}"),
         ("Abstention rate", fmt_pct(run["abstention_rate"])),
         ("Mean risk", fmt_num(run["mean_risk"])),
@@ -301,6 +384,7 @@ def run_report(data: RunData, *, generated_at: datetime | None = None) -> Report
     samples_sec, frame = samples_section(data)
     sections = [
         _tier_section(data),
+        _review_section(data),
         _distribution_section(data),
         _abstention_section(data, facts, policy),
         _drift_section(data, facts),

@@ -9,6 +9,11 @@ policy text) through ``GovernanceStore.get_run``; on PostgreSQL only the enginee
 roles can read them. Every query is governance's (``certrisk.governance.queries`` and
 ``raw_reads``), run on a connection from ``GovernanceStore.connect``.
 
+Both editions read the review decisions (``v_review``) and the last stored ``certrisk verify``
+result (``v_verification``). A run report checks its own run against the audit chain
+(``GovernanceStore.verify_run``: bounded by the run's size, never the whole chain); a period
+report verifies the whole chain (it is asked for explicitly, not on every page view).
+
 Both return a ``RunData`` (one run) or a ``PeriodData`` (one model over a span of days); the
 report builders in ``certrisk.reports.content`` turn those into sections.
 """
@@ -20,7 +25,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from certrisk.governance import queries, raw_reads
+from certrisk.governance import queries, raw_reads, reviews, verifications
 from certrisk.governance.facts import BatchFacts
 from certrisk.governance.store import GovernanceStore
 from certrisk.schemas.clock import as_utc, utc_now
@@ -58,7 +63,10 @@ class RunData:
     ``evaluation``: the model's newest recorded measured detection
     (``GovernanceStore.latest_evaluation``; aggregates, both editions) or None. The
     engineer edition also carries ``summary`` (the full batch summary), ``certificates`` and
-    ``policy_text``; for the compliance edition they are None.
+    ``policy_text``; for the compliance edition they are None. ``reviews``: the run's review
+    decisions, newest first (``governance.reviews.REVIEW_FRAME_COLUMNS``; every revision's, with
+    its revision), and ``last_verify`` the newest stored ``certrisk verify`` result (or None): both
+    editions.
     """
 
     edition: Edition
@@ -74,11 +82,15 @@ class RunData:
     method_costs: pd.DataFrame | None = None
     facts: BatchFacts | None = None
     evaluation: dict | None = None
+    reviews: pd.DataFrame | None = None
+    last_verify: dict | None = None
 
 
 @dataclass
 class PeriodData:
-    """One model's recorded runs over ``days`` days ending at ``until`` (UTC)."""
+    """One model's recorded runs over ``days`` days ending at ``until`` (UTC). ``reviews``: the
+    review decisions on the period's runs (with the run's ``created_at``); ``last_verify``: the
+    newest stored ``certrisk verify`` result (or None)."""
 
     edition: Edition
     model: str | None
@@ -91,6 +103,8 @@ class PeriodData:
     evidence_by_run: pd.DataFrame
     audit: AuditStatus
     radius_by_run: pd.DataFrame | None = field(default=None)
+    reviews: pd.DataFrame | None = field(default=None)
+    last_verify: dict | None = field(default=None)
 
 
 def audit_status(store: GovernanceStore) -> AuditStatus:
@@ -100,6 +114,23 @@ def audit_status(store: GovernanceStore) -> AuditStatus:
     except StoreError as exc:
         return AuditStatus(False, False, f"not verified with this connection: {exc}")
     return AuditStatus(True, bool(report.ok), report.message, report.head, int(report.runs_checked))
+
+
+def run_audit_status(store: GovernanceStore, dag_id: str, run_id: str) -> AuditStatus:
+    """Verify one run against the audit chain (``GovernanceStore.verify_run``: its revisions, rows
+    and reviews, never the whole chain); a connection that may not read the raw tables and the
+    audit log says so instead."""
+    try:
+        report = store.verify_run(dag_id, run_id)
+    except StoreError as exc:
+        return AuditStatus(False, False, f"not verified with this connection: {exc}")
+    return AuditStatus(True, bool(report.ok), report.message, report.head, int(report.runs_checked))
+
+
+def _review_parts(conn, run: dict) -> tuple[pd.DataFrame, dict | None]:
+    """The run's review decisions and the last stored verify result (compliance views)."""
+    decided = reviews.reviews(conn, dag_id=run["dag_id"], run_id=run["run_id"])
+    return decided, verifications.last_verify(conn)
 
 
 class ComplianceSource:
@@ -132,7 +163,8 @@ class ComplianceSource:
             drift = queries.drift_tests(conn, run["run_id"], **key)
             rules = queries.rule_results(conn, run["run_id"], **key)
             costs = queries.method_costs(conn, run["run_id"], **key)
-        audit = audit_status(self.store) if self.verify else AuditStatus(False, False, "not checked")
+            decided, last = _review_parts(conn, run)
+        audit = self._run_audit(run)
         return RunData(
             self.edition,
             run,
@@ -144,7 +176,14 @@ class ComplianceSource:
             method_costs=costs,
             facts=BatchFacts.from_row(run),
             evaluation=self.store.latest_evaluation(run["model"]),
+            reviews=decided,
+            last_verify=last,
         )
+
+    def _run_audit(self, run: dict) -> AuditStatus:
+        if not self.verify:
+            return AuditStatus(False, False, "not checked")
+        return run_audit_status(self.store, run["dag_id"], run["run_id"])
 
     # ---------------------------------------------------------------- periods
     def period(self, *, model: str | None, days: int = 30, until: datetime | None = None) -> PeriodData:
@@ -157,8 +196,13 @@ class ComplianceSource:
             trend = queries.trend(conn, model=model, days=days)
             coverage = queries.rmf_coverage(conn, model=model)
             evidence = queries.period_evidence(conn, model=model, since=start, until=end)
+            decided = reviews.period_reviews(conn, model=model, since=start, until=end)
+            last = verifications.last_verify(conn)
         audit = audit_status(self.store) if self.verify else AuditStatus(False, False, "not checked")
-        return PeriodData(self.edition, model, int(days), start, end, runs, trend, coverage, evidence, audit)
+        return PeriodData(
+            self.edition, model, int(days), start, end, runs, trend, coverage, evidence, audit,
+            reviews=decided, last_verify=last,
+        )  # fmt: skip
 
     def models(self) -> list[str]:
         with self.store.connect("report") as conn:
@@ -173,10 +217,11 @@ class EngineerSource(ComplianceSource):
     def run(self, run_id: str, *, dag_id: str | None = None, revision: int | None = None) -> RunData:
         with self.store.connect("report") as conn:
             run, samples, evidence = self._run_parts(conn, run_id, dag_id, revision)
+            decided, last = _review_parts(conn, run)
         raw = self.store.get_run(run["dag_id"], run["run_id"], revision=run["revision"])
         extra = raw["sample_risk"][["sample_id", "prediction", "base_prediction"]]
         samples = samples.merge(extra, on="sample_id", how="left")
-        audit = audit_status(self.store) if self.verify else AuditStatus(False, False, "not checked")
+        audit = self._run_audit(run)
         return RunData(
             self.edition,
             run,
@@ -190,6 +235,8 @@ class EngineerSource(ComplianceSource):
             policy_text=raw["policy_text"],
             facts=BatchFacts.from_row(run),
             evaluation=self.store.latest_evaluation(run["model"]),
+            reviews=decided,
+            last_verify=last,
         )
 
     def period(self, *, model: str | None, days: int = 30, until: datetime | None = None) -> PeriodData:

@@ -15,14 +15,28 @@ from typing import Literal
 from pydantic import Field
 
 from certrisk.schemas.enums import Tier
+from certrisk.schemas.rmf import EVIDENCE
 from certrisk.schemas.scoring import StrictSpec
 
 #: What a reviewer may decide. "escalate" keeps the batch out of the accepted record and asks for
 #: a decision above the reviewer's (the run fails like a rejection, the record says escalated).
 DECISIONS = ("approve", "reject", "escalate")
 
-#: The NIST AI RMF subcategories a review record is evidence for.
-REVIEW_RMF = ("MANAGE 1.3", "MANAGE 2.4", "GOVERN 3.2", "MEASURE 3.3")
+#: The RMF evidence kind of a review record (``certrisk.schemas.rmf.EVIDENCE``).
+REVIEW_EVIDENCE = "human_review"
+
+#: A decision in words, as reports, ``certrisk runs`` and the dashboard state it ("approved by alice").
+DECISION_WORDS = {"approve": "approved", "reject": "rejected", "escalate": "escalated"}
+
+#: Where a recorded decision came from: Airflow's human-in-the-loop step, ``certrisk review``, or
+#: the policy's ``default_outcome`` recorded when nobody decided within ``timeout_hours``.
+REVIEW_SOURCES = ("airflow-hitl", "cli", "timeout")
+
+#: The reviewer a timeout's default outcome is recorded under (no person decided).
+SYSTEM_REVIEWER = "system"
+
+#: The NIST AI RMF subcategories a review record is evidence for (``rmf.EVIDENCE["human_review"]``).
+REVIEW_RMF = EVIDENCE[REVIEW_EVIDENCE]
 
 
 class ReviewSpec(StrictSpec):

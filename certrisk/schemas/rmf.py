@@ -77,6 +77,10 @@ EVIDENCE = MappingProxyType(
         "alert": ("MANAGE 2.4", "MEASURE 3.1"),
         "model_inventory": ("GOVERN 1.6",),
         "unmeasured": ("MEASURE 1.1",),
+        # a person's decision on a batch, on the record (certrisk.schemas.review): risks prioritised
+        # and treated by a decision (MANAGE 1.3), the means to stop a batch (MANAGE 2.4), human-AI
+        # oversight defined (GOVERN 3.2), escalation tracked (MEASURE 3.3)
+        "human_review": ("MANAGE 1.3", "MANAGE 2.4", "GOVERN 3.2", "MEASURE 3.3"),
     }
 )
 
@@ -131,6 +135,8 @@ EVIDENCE_DESCRIPTIONS = MappingProxyType(
         "alert": "an alert raised when the batch tier reaches the policy's alert tier",
         "model_inventory": "the model registry entry: name, file sha256, policy",
         "unmeasured": "the documented list of factors, tests and subcategories this run did not measure",
+        "human_review": "a reviewer's recorded decision on the batch (approve, reject or escalate), with "
+        "comment, reviewer and time, append-only and covered by the audit chain",
     }
 )
 
