@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 
 from certrisk.operators.base import GovernanceOperator
+from certrisk.operators.links import RunReportLink
 from certrisk.schemas.enums import Edition
 from certrisk.schemas.errors import InputError
 
@@ -27,6 +28,8 @@ class ComplianceReportOperator(GovernanceOperator):
 
     template_fields: Sequence[str] = (*GovernanceOperator.template_fields, "recorded", "edition")
     ui_color = "#e6f4ea"
+    #: "certrisk report" on the task in Airflow's UI: this run's report on the dashboard.
+    operator_extra_links = (RunReportLink(),)
 
     def __init__(
         self,

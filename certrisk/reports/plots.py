@@ -7,14 +7,17 @@ renderer inlines as base64 and the PDF renderer embeds.
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
 matplotlib.use("Agg", force=False)
 
+import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from certrisk.schemas.clock import as_utc_timestamp
 from certrisk.schemas.enums import Tier
@@ -28,6 +31,10 @@ TIER_COLORS = {
 INK = "#1f2933"
 GRID = "#d9dee3"
 DPI = 120
+#: A day axis is at least this many days wide, so one day of data is not one wall-to-wall bar.
+MIN_DAY_SPAN = 3
+#: At most about this many day ticks (every k-th day beyond).
+MAX_DAY_TICKS = 10
 
 
 def _style(ax) -> None:
@@ -36,6 +43,22 @@ def _style(ax) -> None:
     ax.tick_params(colors=INK, labelsize=8)
     ax.yaxis.grid(True, color=GRID, linewidth=0.6)
     ax.set_axisbelow(True)
+
+
+def day_axis(ax, days) -> tuple[float, float]:
+    """Fit the x axis to the UTC days in ``days`` (dates or timestamps): from the first day to the
+    last, half a day either side (wider, centred, when fewer than ``MIN_DAY_SPAN`` days), day
+    ticks labelled "Dec 01". Matplotlib's default for one day is an axis of years. Returns the
+    limits (matplotlib date numbers)."""
+    stamps = pd.to_datetime(pd.Series(list(days)), utc=True).dt.tz_localize(None).dt.normalize()
+    first, last = mdates.date2num(stamps.min()), mdates.date2num(stamps.max())
+    span = last - first + 1
+    pad = 0.5 + max(0.0, (MIN_DAY_SPAN - span) / 2)
+    limits = (first - pad, last + pad)
+    ax.set_xlim(*limits)
+    ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, math.ceil(span / MAX_DAY_TICKS))))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d"))
+    return limits
 
 
 def _png(fig) -> bytes:
@@ -129,59 +152,63 @@ def radius_histograms(certificates: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
-def daily_trend(trend: pd.DataFrame) -> bytes:
-    """Daily abstention rate and mean risk, one line each (per model when several)."""
+def trend_figure(trend: pd.DataFrame):
+    """The figure of ``daily_trend`` (its x axis spans the days in ``trend``)."""
     fig, ax = plt.subplots(figsize=(6.4, 2.8))
     for model, rows in trend.groupby("model", sort=True):
         days = pd.to_datetime(rows["day"])
-        ax.plot(
-            days,
-            rows["abstention_rate"],
-            marker="o",
-            markersize=3,
-            linewidth=1.4,
-            label=f"abstention rate ({model})",
-            color="#b3261e",
-        )
-        ax.plot(
-            days,
-            rows["mean_risk"],
-            marker="s",
-            markersize=3,
-            linewidth=1.4,
-            label=f"mean risk ({model})",
-            color="#3e7cb1",
-        )
-    ax.set_ylim(
-        0,
-        max(1e-3, float(np.nanmax(trend[["abstention_rate", "mean_risk"]].to_numpy()) * 1.25))
-        if len(trend)
-        else 1,
-    )
+        for column, label, marker, color in (
+            ("abstention_rate", "abstention rate", "o", "#b3261e"),
+            ("mean_risk", "mean risk", "s", "#3e7cb1"),
+        ):
+            ax.plot(
+                days,
+                rows[column],
+                marker=marker,
+                markersize=3,
+                linewidth=1.4,
+                label=f"{label} ({model})",
+                color=color,
+            )
+    top = float(np.nanmax(trend[["abstention_rate", "mean_risk"]].to_numpy())) if len(trend) else 0.8
+    ax.set_ylim(0, max(1e-3, top * 1.25))
+    if len(trend):
+        day_axis(ax, trend["day"])
     ax.set_title("Daily abstention rate and mean risk", fontsize=9, color=INK, loc="left")
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
-    fig.autofmt_xdate()
+    ax.legend(fontsize=7, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2)
     _style(ax)
-    return _png(fig)
+    return fig
 
 
-def runs_by_tier(runs: pd.DataFrame) -> bytes:
-    """Stacked bars: recorded runs per day, by batch tier."""
+def daily_trend(trend: pd.DataFrame) -> bytes:
+    """Daily abstention rate and mean risk, one line each (per model when several)."""
+    return _png(trend_figure(trend))
+
+
+def runs_by_tier_figure(runs: pd.DataFrame):
+    """The figure of ``runs_by_tier`` (its x axis spans the runs' days)."""
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
     if len(runs):
         day = pd.Series([as_utc_timestamp(v).normalize() for v in runs["created_at"]], index=runs.index)
         table = pd.crosstab(day, runs["tier"]).reindex(columns=[t.value for t in Tier], fill_value=0)
         bottom = np.zeros(len(table))
+        x = mdates.date2num(pd.to_datetime(table.index, utc=True).tz_localize(None))
         for t in table.columns:
-            ax.bar(table.index, table[t].to_numpy(), bottom=bottom, color=TIER_COLORS[t], label=t, width=0.8)
+            ax.bar(x, table[t].to_numpy(), bottom=bottom, color=TIER_COLORS[t], label=t, width=0.8)
             bottom += table[t].to_numpy()
-        fig.autofmt_xdate()
+        day_axis(ax, table.index)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("runs", fontsize=8, color=INK)
     ax.set_title("Runs per day by batch tier", fontsize=9, color=INK, loc="left")
-    ax.legend(fontsize=7, frameon=False, ncols=4, loc="upper left")
-    ax.margins(y=0.25)
+    ax.legend(fontsize=7, frameon=False, ncols=4, loc="lower right", bbox_to_anchor=(1.0, 1.0))
+    ax.margins(y=0.1)
     _style(ax)
-    return _png(fig)
+    return fig
+
+
+def runs_by_tier(runs: pd.DataFrame) -> bytes:
+    """Stacked bars: recorded runs per day, by batch tier."""
+    return _png(runs_by_tier_figure(runs))
 
 
 def rmf_coverage_over_time(per_day: pd.DataFrame, total: int) -> bytes:

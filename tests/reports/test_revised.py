@@ -13,7 +13,7 @@ from test_reports import html_text
 
 from certrisk.governance import GovernanceStore
 from certrisk.reports import build_run_report
-from certrisk.reports.dashboard import create_app
+from certrisk.reports.dashboard import create_app, open_access
 from certrisk.reports.html import render_html
 from certrisk.schemas.enums import Edition
 
@@ -48,9 +48,9 @@ def test_compliance_report_shows_the_revision(revised):
 
 def test_dashboard_lists_the_revision(revised):
     store, first = revised
-    app = create_app(store.url)
+    app = create_app(store.url, guard=open_access)
     with TestClient(app) as client:
         page = html_text(client.get("/").text)
-        runs = client.get("/api/runs").json()
+        runs = client.get("/api/runs").json()["items"]
     assert f"revised: revision 2 replaces tier {first.summary['tier']}" in page and REASON in page
     assert runs[0]["revised"].endswith(REASON) and runs[0]["previous_tier"] == first.summary["tier"]
