@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from certrisk.cli.app import app
+from certrisk.cli.common import name_database, store_for
 
 
 @app.command()
@@ -16,4 +17,5 @@ def demo(
     """Prepare a demo dataset (cached), run its example DAG once per batch, print the results."""
     from certrisk.demo import run_demo
 
+    name_database(store_for(None))
     run_demo(batches=[b.strip() for b in batches.split(",") if b.strip()], samples=samples, dataset=dataset)

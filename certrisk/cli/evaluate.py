@@ -5,7 +5,15 @@ from __future__ import annotations
 import typer
 
 from certrisk.cli.app import app
-from certrisk.cli.common import domain_errors_exit, emit, fail
+from certrisk.cli.common import (
+    FormatOption,
+    ListFormat,
+    domain_errors_exit,
+    emit,
+    fail,
+    logs_on_stderr,
+    store_for,
+)
 
 
 @app.command()
@@ -21,7 +29,7 @@ def evaluate(
     limit: int | None = typer.Option(None, "--limit", help="At most this many evaluation samples."),
     clip: str = typer.Option("auto", "--clip", help="Attacks' data box: auto, unit, reference or none."),
     device: str | None = typer.Option(None, "--device", help="Torch device (default: the policy's)."),
-    format: str = typer.Option("table", "--format", help="table or json."),
+    format: FormatOption = ListFormat.TABLE,
     db: str | None = typer.Option(
         None, "--db", help="Record the result in this governance DB (default: do not record)."
     ),
@@ -35,20 +43,17 @@ def evaluate(
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     from airflow.sdk import ObjectStoragePath
 
-    from certrisk.governance import GovernanceStore
     from certrisk.operators.evaluate import evaluate_policy, record_evaluation, write_evaluation
     from certrisk.risk.attack_suite import FAMILIES
     from certrisk.risk.evaluate import evaluation_records, family_table, target_gaps
     from certrisk.schemas.errors import InputError
 
-    if format not in ("table", "json"):
-        fail(InputError(f"--format: unknown format {format!r}; use table or json"))
     try:
         budget = [float(f) for f in fractions.split(",") if f.strip()]
     except ValueError:
         fail(InputError(f"--fractions: not a comma-separated list of numbers: {fractions!r}"))
     root = Path(out).resolve()
-    with domain_errors_exit():
+    with logs_on_stderr(), domain_errors_exit():
         result = evaluate_policy(
             policy, work_dir=root / "work", labelled=labelled, seed=seed, limit=limit, clip=clip, device=device,
             families=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else tuple(FAMILIES),
@@ -57,10 +62,10 @@ def evaluate(
         paths = write_evaluation(result, ObjectStoragePath(f"file://{root}"))
         recorded = None
         if db:
-            store = GovernanceStore(db)
+            store = store_for(db)
             store.upgrade()  # idempotent: a new database gets the schema, a current one is left alone
             recorded = record_evaluation(result, store, policy)
-    if format == "json":
+    if format is ListFormat.JSON:
         rows = evaluation_records(result)
         typer.echo(json.dumps({"metadata": result.metadata, "rows": rows, "recorded": recorded}, indent=2))
         return
@@ -83,4 +88,4 @@ def evaluate(
         f"may evade. Written: {paths['evaluation']}, {paths['metadata']}"
     )
     if recorded is not None:
-        typer.echo(f"recorded in {GovernanceStore(db).masked_url}: {recorded['status']}")
+        typer.echo(f"recorded in {store_for(db).masked_url}: {recorded['status']}")

@@ -1,12 +1,26 @@
 """Database administration and governance queries: db upgrade/grant, runs, samples, trend,
-coverage, export, verify."""
+coverage, export, verify. The queries never create a database (``common.read_store``)."""
 
 from __future__ import annotations
 
 import typer
 
 from certrisk.cli.app import app, db_app
-from certrisk.cli.common import DB_HELP, domain_errors_exit, emit, store_for
+from certrisk.cli.common import (
+    DB_HELP,
+    FormatOption,
+    ListFormat,
+    domain_errors_exit,
+    emit,
+    name_database,
+    read_store,
+    recorded_nothing,
+    say_no_runs,
+    store_for,
+)
+
+#: What export says, exit 0, when there is nothing to export (no file is written).
+NO_RUNS_NOTHING = "no runs recorded yet; nothing written"
 
 
 @db_app.command("upgrade")
@@ -23,8 +37,10 @@ def db_grant(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """PostgreSQL: create the roles certrisk_writer, _reviser, _engineer, _compliance, _auditor and grant their tiers."""
     from certrisk.governance.roles import grant_roles
 
+    store = store_for(db)
+    name_database(store)
     with domain_errors_exit():
-        roles = grant_roles(store_for(db).url)
+        roles = grant_roles(store.url)
     typer.echo("granted: " + ", ".join(roles))
 
 
@@ -38,17 +54,22 @@ def runs(
     min_tier: str | None = typer.Option(None, help="Only runs of this tier or worse."),
     all_revisions: bool = typer.Option(False, "--all-revisions", help="Include superseded revisions."),
     limit: int | None = typer.Option(None, help="At most this many runs."),
-    format: str = typer.Option("table", "--format", help="table or json."),
+    format: FormatOption = ListFormat.TABLE,
 ) -> None:
     """Recorded runs, newest first; a superseded run shows "revised" with the previous tier, who and why."""
+    store = read_store(db, format)
+    if store is None:
+        return say_no_runs(format)
     with domain_errors_exit():
-        frame = store_for(db).list_runs(
+        frame = store.list_runs(
             model=model, since=since, until=until, tier=tier, min_tier=min_tier,
             include_superseded=all_revisions, limit=limit,
         )  # fmt: skip
+    if frame.empty and recorded_nothing(store):
+        return say_no_runs(format)
     cols = ["dag_id", "run_id", "revision", "batch", "model", "n_samples", "abstention_rate", "mean_risk", "tier",
             "drift", "created_at", "revised"]  # fmt: skip
-    emit(frame if format == "json" else frame[cols], format, "certrisk runs")
+    emit(frame if format is ListFormat.JSON else frame[cols], format, "certrisk runs")
 
 
 @app.command()
@@ -59,13 +80,23 @@ def samples(
     factor: str | None = typer.Option(None, help="Only samples this factor contributes to, largest first."),
     limit: int = typer.Option(1000, help="At most this many samples, riskiest first (0: all of them)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    format: str = typer.Option("table", "--format", help="table or json."),
+    format: FormatOption = ListFormat.TABLE,
 ) -> None:
     """A run's samples riskiest first: sample_id, risk, tier, abstained, factors, top factors."""
+    store = read_store(db, format)
+    if store is None:
+        return say_no_runs(format)
+    from certrisk.schemas.errors import RunNotFoundError
+
     with domain_errors_exit():
-        frame = store_for(db).samples(run, tier=tier, factor=factor, dag_id=dag, limit=limit or None)
+        try:
+            frame = store.samples(run, tier=tier, factor=factor, dag_id=dag, limit=limit or None)
+        except RunNotFoundError:
+            if recorded_nothing(store):
+                return say_no_runs(format)
+            raise
     cols = ["sample_id", "risk", "tier", "abstained", "top_factors"]
-    emit(frame if format == "json" else frame[cols], format, f"samples of {run}")
+    emit(frame if format is ListFormat.JSON else frame[cols], format, f"samples of {run}")
 
 
 @app.command()
@@ -73,11 +104,16 @@ def trend(
     model: str | None = typer.Option(None, help="Only this model."),
     days: int = typer.Option(30, help="Days back from today (UTC)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    format: str = typer.Option("table", "--format", help="table or json."),
+    format: FormatOption = ListFormat.TABLE,
 ) -> None:
     """Daily abstention rate and mean risk per model (sample-weighted over current runs)."""
+    store = read_store(db, format)
+    if store is None:
+        return say_no_runs(format)
     with domain_errors_exit():
-        frame = store_for(db).trend(model=model, days=days)
+        frame = store.trend(model=model, days=days)
+    if frame.empty and recorded_nothing(store):
+        return say_no_runs(format)
     emit(frame, format, "daily trend")
 
 
@@ -85,39 +121,65 @@ def trend(
 def coverage(
     model: str | None = typer.Option(None, help="Only this model's runs."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    format: str = typer.Option("table", "--format", help="table or json."),
+    format: FormatOption = ListFormat.TABLE,
 ) -> None:
     """NIST AI RMF coverage: each of the 72 subcategories and the evidence recorded for it."""
+    store = read_store(db, format)
+    if store is None:
+        return say_no_runs(format)
     with domain_errors_exit():
-        frame = store_for(db).rmf_coverage(model=model)
+        frame = store.rmf_coverage(model=model)
+    if recorded_nothing(store):
+        return say_no_runs(format)
     cols = ["subcategory_id", "function", "n_runs", "n_records", "evidence_kinds", "covered"]
-    emit(frame if format == "json" else frame[cols], format, "NIST AI RMF coverage")
+    emit(frame if format is ListFormat.JSON else frame[cols], format, "NIST AI RMF coverage")
 
 
 @app.command()
 def export(
-    path: str = typer.Argument(..., help="CSV file to write."),
+    path: str | None = typer.Argument(None, help="Deprecated: use --out FILE.", show_default=False),
+    out: str | None = typer.Option(None, "--out", help="CSV file to write."),
     model: str | None = typer.Option(None, help="Only this model."),
     since: str | None = typer.Option(None, help="Created at or after (ISO, UTC)."),
     until: str | None = typer.Option(None, help="Created before (ISO, UTC)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
-    """Compliance export: every current run's samples (tiers, factors, RMF ids; no certificates) to CSV."""
+    """Compliance export: every current run's samples (tiers, factors, RMF ids; no certificates) to CSV (--out)."""
+    if path is not None and out is not None:
+        typer.echo("error: give the file once, with --out FILE", err=True)
+        raise typer.Exit(2)
+    if path is not None:
+        typer.echo("warning: the positional FILE of export is deprecated; use --out FILE", err=True)
+    target = out or path
+    if target is None:
+        typer.echo("error: missing --out FILE (the CSV file to write)", err=True)
+        raise typer.Exit(2)
+    store = read_store(db)
+    if store is None or recorded_nothing(store):
+        typer.echo(NO_RUNS_NOTHING)
+        return
     with domain_errors_exit():
-        n = store_for(db).export_compliance_csv(path, model=model, since=since, until=until)
-    typer.echo(f"wrote {n} sample rows to {path}")
+        n = store.export_compliance_csv(target, model=model, since=since, until=until)
+    typer.echo(f"wrote {n} sample rows to {target}")
 
 
 @app.command()
 def verify(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     expected_head: str | None = typer.Option(
-        None, help="Chain head published earlier; detects appended forgeries."
+        None, help="Chain head published earlier; detects appended forgeries and a deleted record."
     ),
 ) -> None:
     """Recompute the audit chain and every recorded row; exit 1 naming the first run and row that differ."""
+    store = read_store(db)  # an empty chain verifies: models, policies and evaluations are chained too
+    if store is None:
+        if expected_head:
+            typer.echo(f"FAILED: expected chain head {expected_head}, but no runs are recorded", err=True)
+            raise typer.Exit(1)
+        typer.echo("no runs recorded yet; nothing to verify")
+        return
     with domain_errors_exit():
-        report = store_for(db).verify(expected_head=expected_head)
+        report = store.verify(expected_head=expected_head)
     if report.ok:
         typer.echo(f"OK: {report.message}\nchain head: {report.head}")
         return

@@ -1,5 +1,12 @@
-"""ValidateBatchOperator: read a batch, validate it against the policy and the reference set's
-features and write the canonical ``batch.parquet``; PlanShardsOperator: split it for mapping."""
+"""ValidateBatchOperator: check the model, read a batch, validate it against the policy and the
+reference set's features and write the canonical ``batch.parquet``; PlanShardsOperator: split it
+for mapping.
+
+The model check comes first (``certrisk.operators.model_check.load_checked_model``, the same code
+as ``certrisk policy check``): a factory the deployment did not register, weights that do not fit
+it or a wrong number of logits fail the run here, before certify, rules and drift run. It loads
+the model on the CPU: the check is about the file and its output shape, not the certify device.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,17 @@ from airflow.sdk import Context
 
 from certrisk.operators.artifacts import write_parquet
 from certrisk.operators.base import CertriskOperator
+from certrisk.operators.model_check import load_checked_model
 from certrisk.operators.reference import load_reference
 from certrisk.risk.data import batch_sha256, load_batch, plan_shards
 from certrisk.schemas.settings import expand_path
 
 
 class ValidateBatchOperator(CertriskOperator):
-    """Validate a production batch (parquet or npz) and stage it for the run.
+    """Check the policy's model, then validate a production batch (parquet or npz) and stage it.
+
+    A label column in the batch (the policy's ``data.label_column``) is allowed and never scored:
+    it is left out of the staged ``batch.parquet``, and the log says so.
 
     :param batch_uri: the batch file (templated; env vars such as ${CERTRISK_HOME} expand).
     :param batch_id: name of the batch; default the file stem (templated).
@@ -34,6 +45,13 @@ class ValidateBatchOperator(CertriskOperator):
     def run(self, context: Context) -> dict:
         lp = self.loaded_policy
         pol = lp.policy
+        model = load_checked_model(lp, device="cpu")
+        self.log.info(
+            "model %s (sha256 %s) loads and gives %d logits",
+            pol.model.name,
+            model.sha256[:12],
+            len(pol.model.classes),
+        )
         reference = load_reference(lp)
         batch = load_batch(
             expand_path(self.batch_uri),
@@ -50,6 +68,11 @@ class ValidateBatchOperator(CertriskOperator):
             len(batch),
             len(batch.feature_names),
         )
+        if batch.labels is not None:
+            self.log.info(
+                "the batch's label column %r is ignored for scoring (not staged, not a feature)",
+                pol.data.label_column,
+            )
         return {
             "batch_path": path,
             "batch_id": batch.batch_id,

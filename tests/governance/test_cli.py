@@ -62,12 +62,15 @@ def test_upgrade_runs_samples_trend_export_verify(db_url, tmp_path):
     assert _cli("coverage", "--db", db_url, "--model", "digits").exit_code == 0
 
     target = tmp_path / "export.csv"
-    out = _cli("export", str(target), "--db", db_url)
+    out = _cli("export", "--out", str(target), "--db", db_url)
     assert out.exit_code == 0, out.output
     with target.open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 50 and "radius" not in rows[0] and "p_lower" not in rows[0]
     assert rows[0]["abstained"] in ("True", "False")
+    old = tmp_path / "positional.csv"
+    out = _cli("export", str(old), "--db", db_url)  # the deprecated positional FILE still works
+    assert out.exit_code == 0 and "deprecated" in out.output and old.read_text() == target.read_text()
 
     out = _cli("verify", "--db", db_url)
     assert out.exit_code == 0 and "chain head:" in out.stdout
