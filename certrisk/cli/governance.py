@@ -68,7 +68,7 @@ def runs(
     if frame.empty and recorded_nothing(store):
         return say_no_runs(format)
     cols = ["dag_id", "run_id", "revision", "batch", "model", "n_samples", "abstention_rate", "mean_risk", "tier",
-            "drift", "created_at", "revised"]  # fmt: skip
+            "review", "drift", "created_at", "revised"]  # fmt: skip
     emit(frame if format is ListFormat.JSON else frame[cols], format, "certrisk runs")
 
 
@@ -170,7 +170,8 @@ def verify(
         None, help="Chain head published earlier; detects appended forgeries and a deleted record."
     ),
 ) -> None:
-    """Recompute the audit chain and every recorded row; exit 1 naming the first run and row that differ."""
+    """Recompute the audit chain and every recorded row; exit 1 naming the first run and row that differ.
+    The result (when, by whom, head) is stored: the dashboard shows it instead of verifying again."""
     store = read_store(db)  # an empty chain verifies: models, policies and evaluations are chained too
     if store is None:
         if expected_head:
@@ -179,7 +180,7 @@ def verify(
         typer.echo("no runs recorded yet; nothing to verify")
         return
     with domain_errors_exit():
-        report = store.verify(expected_head=expected_head)
+        report = store.verify(expected_head=expected_head, record=True)
     if report.ok:
         typer.echo(f"OK: {report.message}\nchain head: {report.head}")
         return

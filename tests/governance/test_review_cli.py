@@ -48,3 +48,15 @@ def test_review_without_a_database_says_so(tmp_path):
     out = _cli("review", "--db", url, "--run", "run-1", "--decision", "approve", "--comment", "x")
     assert out.exit_code == 2 and "no runs recorded yet" in out.output
     assert not (tmp_path / "none.db").exists()
+
+
+def test_verify_stores_its_result_for_the_dashboard(db_url):
+    store = GovernanceStore(db_url)
+    store.upgrade()
+    store.write_run(make_record("run-1", 15))
+    assert store.last_verify() is None
+    out = _cli("verify", "--db", db_url)
+    assert out.exit_code == 0, out.output
+    last = store.last_verify()
+    assert last["ok"] and last["head"] in out.stdout
+    store.dispose()
