@@ -1,7 +1,9 @@
 """A local Airflow deployment for tests and benchmarks: api-server, scheduler (LocalExecutor) and
 dag-processor as child processes on a PostgreSQL metadata database and a free loopback port.
 
-Used by the real-scheduler test and by ``bench/scale.py``. Importing it has no side effects.
+Used by the real-scheduler tests and by ``bench/scale.py``. Importing it has no side effects.
+``local_deployment`` starts one (with a fresh governance database) and tears it down; the REST
+helpers (``login``, ``trigger``, ``wait_run``, ...) drive it as a client would.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -183,3 +189,107 @@ class AirflowCluster:
         raise RuntimeError(
             f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}\n{self.log_tails()}"
         )
+
+    # ------------------------------------------------------------------ REST helpers
+    def login(self, timeout: float = 120) -> None:
+        """Wait for the API server, then take a token (``GET /auth/token``: the all-admins mode)."""
+        self.wait_for(
+            "the API server", lambda: self.request("GET", "/api/v2/monitor/health")[0] == 200, timeout
+        )
+        status, body = self.request("GET", "/auth/token")
+        if status not in (200, 201):
+            raise RuntimeError(f"GET /auth/token answered {status}: {body}")
+        self.token = body["access_token"]
+
+    def unpause_when_parsed(self, dag_id: str, timeout: float = 120) -> None:
+        """Wait until the dag-processor has parsed ``dag_id``, then unpause it."""
+        self.wait_for(
+            f"{dag_id} to be parsed", lambda: self.request("GET", f"/api/v2/dags/{dag_id}")[0] == 200, timeout
+        )
+        status, body = self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        if status != 200 or body.get("is_paused") is not False:
+            raise RuntimeError(f"unpausing {dag_id} answered {status}: {body}")
+
+    @staticmethod
+    def run_path(dag_id: str, run_id: str) -> str:
+        return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        """Trigger a run of ``dag_id`` now; returns its run id."""
+        status, body = self.request(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}}
+        )
+        if status != 200:
+            raise RuntimeError(f"triggering {dag_id} answered {status}: {body}")
+        return body["dag_run_id"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[tuple[str, int], str | None]:
+        """(task_id, map_index) -> state of every task instance of a run."""
+        status, body = self.request("GET", self.run_path(dag_id, run_id) + "/taskInstances?limit=1000")
+        if status != 200:
+            raise RuntimeError(f"listing task instances of {dag_id}/{run_id} answered {status}: {body}")
+        return {(t["task_id"], t["map_index"]): t["state"] for t in body["task_instances"]}
+
+    def wait_task_state(
+        self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float
+    ) -> str:
+        """Wait until ``task_id`` (unmapped) of a run is in one of ``states``; returns the state."""
+
+        def probe():
+            state = self.task_states(dag_id, run_id).get((task_id, -1))
+            return state if state in states else None
+
+        return self.wait_for(
+            f"{dag_id}/{run_id} task {task_id} in {sorted(states)}", probe, timeout, interval=2.0
+        )
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> str:
+        """Wait until a run has finished; returns "success" or "failed"."""
+
+        def finished():
+            state = self.request("GET", self.run_path(dag_id, run_id))[1].get("state")
+            return state if state in ("success", "failed") else None
+
+        return self.wait_for(f"run {dag_id}/{run_id}", finished, timeout, interval=2.0)
+
+
+@contextmanager
+def local_deployment(
+    tmp_path: Path, *, dags_folder: Path, parallelism: int = 2, extra: dict | None = None
+) -> Iterator[tuple[AirflowCluster, str]]:
+    """A started ``AirflowCluster`` on fresh PostgreSQL metadata and governance databases (the
+    governance one migrated, as an administrator would; ``CERTRISK_DB_URL`` points the tasks at
+    it), yielded with the governance URL. Stops every process and drops both databases after,
+    printing the tail of each process's log when the body raised."""
+    suffix = uuid.uuid4().hex[:10]
+    meta_db, gov_db = f"certrisk_af_{suffix}", f"certrisk_t_{suffix}"
+    home = tmp_path / "airflow"
+    home.mkdir()
+    port = free_port()
+    with ExitStack() as stack:
+        meta_url = create_db(meta_db)
+        stack.callback(drop_db, meta_db)
+        gov_url = create_db(gov_db)
+        stack.callback(drop_db, gov_db)
+        env = local_executor_env(
+            home=home,
+            port=port,
+            metadata_url=meta_url,
+            dags_folder=dags_folder,
+            parallelism=parallelism,
+            extra={"CERTRISK_DB_URL": gov_url, **(extra or {})},
+        )
+        af = AirflowCluster(home, env, port)
+        af.migrate()
+        from certrisk.governance import GovernanceStore
+
+        gov = GovernanceStore(gov_url)
+        gov.upgrade()
+        gov.dispose()
+        af.start_all()
+        stack.callback(af.stop)
+        try:
+            yield af, gov_url
+        except BaseException:
+            print(af.log_tails())
+            raise
