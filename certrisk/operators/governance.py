@@ -143,7 +143,12 @@ class GovernanceWriteOperator(GovernanceOperator):
             policy_sha256=lp.sha256,
             policy_text=lp.text,
             package_version=certrisk.__version__,
-            summary={**summary, "limitations": read_text(self.scored["limitations"])},
+            summary={
+                **summary,
+                "limitations": read_text(self.scored["limitations"]),
+                # the review tier in force: a run at or above it without a decision is "pending"
+                **({"review_at_tier": pol.review.at_tier.value} if pol.review else {}),
+            },
             sample_risk=sample_risk,
             certificates=read_parquet(self.certified["certificates"]),
             rule_samples=self._optional(self.rules, "rule_samples"),

@@ -138,6 +138,18 @@ def _check_record(gov_url: str, approved: str, rejected: str, reviewer: str) -> 
         gov.dispose()
 
 
+def _check_pending(gov_url: str, run_ids: tuple[str, ...]) -> None:
+    """Before anyone decides, the recorded runs read "pending" (the policy's review tier is recorded)."""
+    from certrisk.governance import GovernanceStore
+
+    gov = GovernanceStore(gov_url)
+    try:
+        runs = gov.list_runs().set_index("run_id")
+        assert [runs.loc[r, "review"] for r in run_ids] == ["pending"] * len(run_ids)
+    finally:
+        gov.dispose()
+
+
 def test_a_reviewer_approves_and_rejects_batches_over_the_rest_api(tmp_path, demo_assets):
     require_postgres()
     batch = str(head_batch(demo_assets.batches["attacked"], N_SAMPLES, tmp_path / "attacked.parquet"))
@@ -158,6 +170,7 @@ def test_a_reviewer_approves_and_rejects_batches_over_the_rest_api(tmp_path, dem
         _check_request(af, approved)
         for run_id in (approved, rejected):
             _wait_parked(af, run_id)
+        _check_pending(gov_url, (approved, rejected))
 
         answer = _respond(af, approved, "Approve", "abstentions explained by the known sensor fault")
         reviewer = answer["responded_by"]["id"]
