@@ -1,18 +1,21 @@
-"""Benchmark of the certification engine; every ratio is measured in this one run.
+"""Benchmark of randomized smoothing at the hardware limit; every ratio is measured in this one run.
 
-    python bench/certify.py [--device cpu|cuda] [--inputs 16] [--n 100000] [--threads 2]
+    python bench/certify.py                  # CPU: digits CNN and CIFAR ResNet-20 (~6-8 min on 2 cores)
+    python bench/certify.py --quick          # CPU, smaller jobs (~3 min)
+    python bench/certify.py --gpu            # CUDA: digits CNN, CIFAR ResNet-110, ImageNet ResNet-50
 
-Prints, for the demo digits CNN (trained here at noise sigma for a few epochs):
-- the limit: the base model's raw forward throughput (rows/s) at its best batch size;
-- the counter-based noise generator alone (rows/s at that batch size), as a multiple of the limit;
-- smooth_certify (fixed mode, n samples per input): noisy forward passes per second, and its
-  ratio to the limit;
-- a per-input baseline following Cohen et al.'s reference ``core.py`` (one input at a time,
-  noisy copies built by ``repeat``, counts on the host with numpy), and ART's
-  ``PyTorchRandomizedSmoothing.certify`` when installed (the ``bench`` extra), each as
-  smooth_certify's speed-up over it;
-- sequential versus fixed mode: forward passes per input with ``target_radius`` at the median
-  fixed-mode radius, and how often the two modes agree on "radius >= target".
+For each model (random weights, except the digits CNN, trained here at the noise level), columns:
+- limits: forward rows/s of the bare model at its best batch size, eager fp32, eager at the reduced
+  precision (bf16), and compiled bf16 (torch.compile, compile time reported apart);
+- certrisk (``smooth_certify``) at each precision and compile setting: noisy rows/s and the ratio
+  to the matching limit (same precision, compile setting and forward size, measured right before
+  and right after each certrisk job: ``paired``), at large N (n per input) and at
+  n = 1k with many inputs (small jobs, where padding used to waste work; the share of forwarded
+  rows that are real is printed);
+- a Cohen-style per-input reference on the same device (their ``core.py``: one input at a time,
+  a batch of noisy copies made by ``repeat``, counts on the host), fp32 eager;
+- seconds per image at N = 100k: (n0 + 100k) / measured rows/s, extrapolated from the measured
+  rate (not timed at 100k unless --n is 100k).
 """
 
 from __future__ import annotations
@@ -26,12 +29,20 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from resnets import cifar_resnet, resnet50
 
 from certrisk.risk.certify import derive_seeds, smooth_certify
 from certrisk.risk.certify.noise import normal_rows
-from certrisk.risk.certify.packing import CANDIDATE_ROWS, measure_forward_rows
+from certrisk.risk.certify.packing import measure_forward_rows
+from certrisk.risk.certify.precision import ExecutedModel
 from certrisk.risk.certify.stats import clopper_pearson_lower, smoothing_radius
 from certrisk.risk.models import digits_cnn, select_device, train_classifier
+
+N0, ALPHA, SIGMA = 100, 0.001, 0.25
+#: (name, builder, input shape, CPU forward sizes, CUDA forward sizes)
+CPU_SIZES = (256, 512, 1024, 2048, 4096)
 
 
 def _sync(dev: torch.device) -> None:
@@ -39,26 +50,86 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def noise_rows_per_second(dev: torch.device, rows: int, width: int, min_seconds: float = 0.5) -> float:
-    """Rows of noise per second that ``normal_rows`` computes for a chunk of ``rows`` rows, 64 streams."""
-    keys = torch.arange(rows, device=dev, dtype=torch.int64) // max(1, rows // 64)
-    idx = torch.arange(rows, device=dev, dtype=torch.int64)
-    out = torch.empty((rows, width), device=dev)
-    normal_rows(keys, idx, width, out=out)
-    _sync(dev)
-    reps, start = 0, time.perf_counter()
-    while True:
-        normal_rows(keys, idx + reps * rows, width, out=out)
-        reps += 1
-        _sync(dev)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and reps >= 2:
-            return rows * reps / elapsed
+def _digits(dev):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[:, None]
+    y = data.target.astype(np.int64)
+    model = train_classifier(digits_cnn(), x[:1200], y[:1200], noise_sigma=SIGMA, epochs=8, device=dev)
+    return model.eval(), torch.as_tensor(x[1200:], device=dev)
 
 
-def cohen_reference(model, x: torch.Tensor, *, sigma, n0, n, alpha, batch_size, num_classes):
-    """Cohen et al.'s reference CERTIFY, one input at a time, counts on the host (their core.py)."""
-    preds, radii = [], []
+def _random_inputs(shape, count, dev):
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand((count, *shape), generator=gen).to(dev)
+
+
+def model_plan(args, dev) -> list[dict]:
+    """The models of this run, with their job sizes (large N and small-n inputs)."""
+    if dev.type == "cuda":
+        return [
+            {"name": "digits CNN 1x8x8", "build": "digits", "big": (8, args.n), "small": 512,
+             "sizes": (1024, 4096, 16384, 65536, 262144)},
+            {"name": "CIFAR ResNet-110 3x32x32", "build": lambda: cifar_resnet(110), "shape": (3, 32, 32),
+             "big": (2, args.n), "small": 512, "sizes": (1024, 2048, 4096, 8192)},
+            {"name": "ImageNet ResNet-50 3x224x224", "build": resnet50, "shape": (3, 224, 224),
+             "big": (1, args.n // 2), "small": 64, "sizes": (256, 512, 1024, 2048)},
+        ]  # fmt: skip
+    quick = args.quick
+    return [
+        {"name": "digits CNN 1x8x8", "build": "digits", "big": (1, args.n), "small": 128 if quick else 512,
+         "sizes": CPU_SIZES},
+        {"name": "CIFAR ResNet-20 3x32x32", "build": lambda: cifar_resnet(20), "shape": (3, 32, 32),
+         "big": (1, 5_000 if quick else 10_000), "small": 16 if quick else 32, "sizes": (64, 128, 256, 512)},
+    ]  # fmt: skip
+
+
+def limits(model, x, sizes, settings, dev) -> dict:
+    """Forward rows/s of the bare model per (precision, compile): {setting: (rate, best size)}.
+    Compiled settings are measured at the eager best size of their precision."""
+    out = {}
+    for precision, compile in settings:
+        executed = settings[(precision, compile)]
+        if compile == "off":
+            measure_forward_rows(executed, x, candidates=sizes, min_seconds=0.05)  # warm-up sweep
+            rates = measure_forward_rows(executed, x, candidates=sizes, min_seconds=0.5)
+        else:
+            size = out[(precision, "off")][1]
+            rates = measure_forward_rows(executed, x, candidates=(size,), min_seconds=0.5)
+        best = max(rates, key=rates.get)
+        out[(precision, compile)] = (rates[best], best)
+    return out
+
+
+def certrisk_rate(executed, x, *, n, batch_size, seeds=None):
+    cert = smooth_certify(
+        executed,
+        x,
+        sigma=SIGMA,
+        n0=N0,
+        n=n,
+        alpha=ALPHA,
+        batch_size=batch_size,
+        seed=0 if seeds is None else seeds,
+    )
+    return int(cert.n_forward.sum()) / cert.seconds, cert
+
+
+def paired(executed, pool, x, *, n, size, seeds=None):
+    """certrisk's rows/s on x, and the limit at the same forward size measured right before and
+    right after it (their mean: on a shared machine the load drifts, and a limit measured minutes
+    apart would say more about the neighbours than about certrisk). Returns (rate, limit, cert)."""
+    before = measure_forward_rows(executed, pool, candidates=(size,), min_seconds=1.0)[size]
+    rate, cert = certrisk_rate(executed, x, n=n, batch_size=size, seeds=seeds)
+    after = measure_forward_rows(executed, pool, candidates=(size,), min_seconds=1.0)[size]
+    return rate, (before + after) / 2, cert
+
+
+def cohen_reference(model, x: torch.Tensor, *, n, batch_size, num_classes):
+    """Cohen et al.'s reference CERTIFY (their core.py), one input at a time, fp32 eager, counts on
+    the host: noisy rows per second."""
+    dev = x.device
 
     def sample(x_i, num):
         counts = np.zeros(num_classes, dtype=int)
@@ -67,179 +138,132 @@ def cohen_reference(model, x: torch.Tensor, *, sigma, n0, n, alpha, batch_size, 
             while remaining > 0:
                 this = min(batch_size, remaining)
                 remaining -= this
-                batch = x_i.repeat((this, 1, 1, 1))
-                noise = torch.randn_like(batch, device=x_i.device) * sigma
+                batch = x_i.repeat((this, *([1] * x_i.ndim)))
+                noise = torch.randn_like(batch, device=dev) * SIGMA
                 p = model(batch + noise).argmax(1)
                 counts += np.bincount(p.cpu().numpy(), minlength=num_classes)
         return counts
 
+    _sync(dev)
+    start = time.perf_counter()
     for x_i in x:
-        c_a = int(sample(x_i, n0).argmax())
+        c_a = int(sample(x_i, N0).argmax())
         n_a = sample(x_i, n)[c_a]
-        p = float(clopper_pearson_lower(n_a, n, alpha))
-        preds.append(-1 if p < 0.5 else c_a)
-        radii.append(0.0 if p < 0.5 else float(smoothing_radius(p, sigma)))
-    return np.array(preds), np.array(radii)
+        p = float(clopper_pearson_lower(n_a, n, ALPHA))
+        _radius = float(smoothing_radius(p, SIGMA)) if p > 0.5 else 0.0
+    _sync(dev)
+    return len(x) * (N0 + n) / (time.perf_counter() - start)
+
+
+def noise_rate(dev, rows: int, width: int) -> float:
+    """Rows of counter-based noise per second for a chunk of ``rows`` rows."""
+    keys = torch.arange(rows, device=dev, dtype=torch.int64) // max(1, rows // 64)
+    idx = torch.arange(rows, device=dev, dtype=torch.int64)
+    out = torch.empty((rows, width), device=dev)
+    normal_rows(keys, idx, width, out=out)
+    _sync(dev)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.5 or reps < 2:
+        normal_rows(keys, idx + reps * rows, width, out=out)
+        reps += 1
+        _sync(dev)
+    return rows * reps / (time.perf_counter() - start)
+
+
+def bench_model(spec: dict, args, dev) -> list[str]:
+    """Measure one model; returns its table lines."""
+    t0 = time.perf_counter()
+    if spec["build"] == "digits":
+        model, pool = _digits(dev)
+    else:
+        model = spec["build"]().to(dev)
+        pool = _random_inputs(spec["shape"], max(spec["small"], spec["big"][0]), dev)
+    precisions = ["fp32", "bf16"] + (["fp16"] if dev.type == "cuda" else [])
+    settings = {(p, "off"): ExecutedModel(model, precision=p, device=dev) for p in precisions}
+    if not args.no_compile:
+        compiled = ExecutedModel(model, precision="bf16", compile=args.compile, device=dev)
+        settings[("bf16", args.compile)] = compiled
+    lim = limits(model, pool, spec["sizes"], settings, dev)
+    lines = [f"## {spec['name']} (setup and limits {time.perf_counter() - t0:.0f} s)"]
+    inputs, n = spec["big"]
+    xb, xs = pool[:inputs], pool[: spec["small"]]
+    seeds = derive_seeds("bench", [str(i) for i in range(inputs)], "smoothing")
+    width = int(pool[0].numel())
+    with torch.inference_mode():
+        k = model(pool[:1]).shape[1]
+    cohen = cohen_reference(model, pool[:1], n=n, batch_size=lim[("fp32", "off")][1], num_classes=k)
+    header = (
+        f"{'setting':24s} {'limit rows/s':>13s} {'batch':>7s} {f'certrisk n={n // 1000}k':>15s} {'ratio':>6s}"
+        f" {'n=1k x' + str(len(xs)):>13s} {'ratio':>6s} {'real':>6s} {'vs Cohen':>9s} {'s/img@100k':>11s}"
+    )
+    lines.append(header)
+    for (precision, compile), executed in settings.items():
+        size = lim[(precision, compile)][1]
+        big_rate, big_limit, _ = paired(executed, pool, xb, n=n, size=size, seeds=seeds)
+        small_rate, small_limit, small = paired(executed, pool, xs, n=1000, size=size)
+        real = small.extra["rows_real"] / small.extra["rows_forwarded"]
+        per_image = (N0 + 100_000) / big_rate
+        lines.append(
+            f"{precision + ' / compile ' + compile:24s} {big_limit:13,.0f} {size:7d} {big_rate:15,.0f}"
+            f" {big_rate / big_limit:6.2f} {small_rate:13,.0f} {small_rate / small_limit:6.2f} {real:6.1%}"
+            f" {big_rate / cohen:8.1f}x {per_image:11.3f}"
+        )
+        lim[(precision, compile)] = (max(big_limit, lim[(precision, compile)][0]), size)
+        if compile != "off":
+            info = executed.describe()
+            lines.append(
+                f"  compile {info['compile']} ({info['compile_requested']} asked): {info['compile_seconds']:.1f} s"
+                f" compile time, apart; cuda graphs {info['cuda_graphs']}; fallback {info['compile_fallback'] or '-'}"
+            )
+    fp32, bf16 = lim[("fp32", "off")][0], lim[("bf16", "off")][0]
+    lines.append(
+        f"{'Cohen-style reference':24s} {'':13s} {lim[('fp32', 'off')][1]:7d} {cohen:15,.0f}"
+        f" {cohen / fp32:6.2f} {'':13s} {'':6s} {'':6s} {'1.0x':>9s} {(N0 + 100_000) / cohen:11.3f}"
+    )
+    lines.append(
+        f"eager bf16 limit / eager fp32 limit: {bf16 / fp32:.2f}"
+        + (
+            f"; compiled bf16 / eager fp32: {lim[('bf16', args.compile)][0] / fp32:.2f}"
+            if ("bf16", args.compile) in lim
+            else ""
+        )
+        + f"; counter-based noise alone: {noise_rate(dev, lim[('fp32', 'off')][1], width):,.0f} rows/s"
+    )
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="torch device; default: cuda when present")
-    ap.add_argument("--inputs", type=int, default=16, help="inputs certified by smooth_certify")
-    ap.add_argument("--n", type=int, default=100_000, help="estimation samples per input (fixed mode)")
-    ap.add_argument("--sigma", type=float, default=0.25)
-    ap.add_argument(
-        "--baseline-inputs", type=int, default=2, help="inputs certified by each per-input baseline"
-    )
-    ap.add_argument("--small-n", type=int, default=1_000, help="estimation samples of the small-n comparison")
-    ap.add_argument("--small-inputs", type=int, default=256, help="inputs of the small-n comparison")
+    ap.add_argument("--gpu", action="store_true", help="the GPU table (needs CUDA)")
+    ap.add_argument("--quick", action="store_true", help="smaller CPU jobs")
+    ap.add_argument("--n", type=int, default=100_000, help="estimation samples per input at large N")
+    ap.add_argument("--compile", default="default", choices=("default", "max-autotune"))
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled settings")
+    ap.add_argument("--only", default=None, help="run only models whose name contains this")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = select_device(args.device)
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x_all = (data.images / 16.0).astype(np.float32)[:, None]
-    y_all = data.target.astype(np.int64)
-    t0 = time.perf_counter()
-    model = train_classifier(
-        digits_cnn(), x_all[:1200], y_all[:1200], noise_sigma=args.sigma, epochs=8, device=dev
+    dev = select_device("cuda" if args.gpu else args.device)
+    if args.quick and args.n == 100_000:
+        args.n = 50_000
+    where = (
+        torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
+    print(f"# device {dev} ({where}), torch {torch.__version__}; sigma {SIGMA}, n0 {N0}, alpha {ALPHA}")
+    start = time.perf_counter()
+    for spec in model_plan(args, dev):
+        if args.only and args.only.lower() not in spec["name"].lower():
+            continue
+        for line in bench_model(spec, args, dev):
+            print(line, flush=True)
+        print()
     print(
-        f"# device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}),"
-        f" torch {torch.__version__}; demo CNN trained in {time.perf_counter() - t0:.1f} s at sigma {args.sigma}"
-    )
-    x = torch.as_tensor(x_all[1200 : 1200 + args.inputs], device=dev)
-    n0, alpha = 100, 0.001
-
-    # 1. the limit: raw forward passes per second at the best batch size. One discarded warm-up
-    # sweep (fresh shapes, allocator, thread pools), then a measured sweep here and another after
-    # every timed section; the limit is the best rate either saw, so no ratio flatters us.
-    measure_forward_rows(model, x, candidates=CANDIDATE_ROWS[dev.type], min_seconds=0.1)
-    rates = measure_forward_rows(model, x, candidates=CANDIDATE_ROWS[dev.type], min_seconds=0.5)
-    best_rows = max(rates, key=rates.get)
-    noise_rate = noise_rows_per_second(dev, best_rows, int(x[0].numel()))
-
-    # 2. smooth_certify, fixed mode (its own automatic batch size)
-    smooth_certify(
-        model, x[:2], sigma=args.sigma, n0=n0, n=2_000, alpha=alpha
-    )  # warm-up and size measurement
-    seeds = derive_seeds("bench", [str(i) for i in range(len(x))], "smoothing")
-    fixed = smooth_certify(model, x, sigma=args.sigma, n0=n0, n=args.n, alpha=alpha, seed=seeds)
-    passes = int(fixed.n_forward.sum())
-    ours = passes / fixed.seconds
-
-    # 3. per-input baselines on a few inputs, same n and the limit's best batch size
-    xb = x[: args.baseline_inputs]
-    _sync(dev)
-    t = time.perf_counter()
-    cohen_reference(
-        model, xb, sigma=args.sigma, n0=n0, n=args.n, alpha=alpha, batch_size=best_rows, num_classes=10
-    )
-    _sync(dev)
-    cohen = len(xb) * (n0 + args.n) / (time.perf_counter() - t)
-    art_rate = None
-    try:
-        from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
-
-        art = PyTorchRandomizedSmoothing(
-            model,
-            torch.nn.CrossEntropyLoss(),
-            input_shape=(1, 8, 8),
-            nb_classes=10,
-            sample_size=n0,
-            scale=args.sigma,
-            alpha=alpha,
-            device_type="gpu" if dev.type == "cuda" else "cpu",
-        )
-        xn = xb.cpu().numpy()
-        t = time.perf_counter()
-        art.certify(xn, n=args.n, batch_size=best_rows)
-        art_rate = len(xb) * (n0 + args.n) / (time.perf_counter() - t)
-    except ImportError:
-        pass
-
-    # 3b. the same comparison at a small production n, where per-input batches are small
-    small_n = args.small_n
-    xs = torch.as_tensor(x_all[1200 : 1200 + args.small_inputs], device=dev)
-    small = smooth_certify(model, xs, sigma=args.sigma, n0=n0, n=small_n, alpha=alpha)
-    small_ours = int(small.n_forward.sum()) / small.seconds
-    _sync(dev)
-    t = time.perf_counter()
-    cohen_reference(
-        model, xs, sigma=args.sigma, n0=n0, n=small_n, alpha=alpha, batch_size=best_rows, num_classes=10
-    )
-    _sync(dev)
-    small_cohen = len(xs) * (n0 + small_n) / (time.perf_counter() - t)
-
-    # 4. sequential vs fixed, target at the median fixed-mode radius
-    target = float(np.median(fixed.radius))
-    seq = (
-        smooth_certify(
-            model,
-            x,
-            sigma=args.sigma,
-            n0=n0,
-            n=args.n,
-            alpha=alpha,
-            seed=seeds,
-            mode="sequential",
-            target_radius=target if target > 0 else None,
-        )
-        if target > 0
-        else None
-    )
-
-    rates_after = measure_forward_rows(model, x, candidates=CANDIDATE_ROWS[dev.type], min_seconds=0.5)
-    for rows, rate in rates_after.items():
-        rates[rows] = max(rates.get(rows, 0.0), rate)
-    best_rows = max(rates, key=rates.get)
-    limit = rates[best_rows]
-
-    print()
-    print(f"{'measure':58s} {'value':>14s} {'ratio':>8s}")
-    print(
-        f"{'limit: raw forward passes/s (best batch ' + str(best_rows) + ')':58s} {limit:14,.0f} {1.0:8.2f}"
-    )
-    print(
-        f"{'counter-based noise alone, rows/s (same batch)':58s} {noise_rate:14,.0f} {noise_rate / limit:8.2f}  (of limit)"
-    )
-    print(
-        f"{'smooth_certify noisy forward passes/s (' + str(len(x)) + ' inputs, n=' + str(args.n) + ')':58s}"
-        f" {ours:14,.0f} {ours / limit:8.2f}  (of limit)"
-    )
-    print(
-        f"{'Cohen et al. reference, per input, host counts':58s} {cohen:14,.0f} {ours / cohen:8.2f}  (speed-up)"
-    )
-    print(
-        f"{'smooth_certify, ' + str(len(xs)) + ' inputs, n=' + str(small_n):58s} {small_ours:14,.0f} {small_ours / limit:8.2f}  (of limit)"
-    )
-    real = int(small.n_forward.sum()) / small.extra["rows_forwarded"]
-    print(
-        f"{'  of which real rows (the rest pads the last forward pass)':58s} {real:14.2%} {small_ours / limit / real:8.2f}  (of limit, per forwarded row)"
-    )
-    print(
-        f"{'Cohen et al. reference, same inputs, n=' + str(small_n):58s} {small_cohen:14,.0f} {small_ours / small_cohen:8.2f}  (speed-up)"
-    )
-    if art_rate is not None:
-        print(
-            f"{'ART PyTorchRandomizedSmoothing.certify':58s} {art_rate:14,.0f} {ours / art_rate:8.2f}  (speed-up)"
-        )
-    else:
-        print(f"{'ART PyTorchRandomizedSmoothing.certify':58s} {'not installed':>14s}")
-    if seq is not None:
-        fixed_fw, seq_fw = fixed.n_forward.sum(), seq.n_forward.sum()
-        agree = float(((seq.radius >= target) == (fixed.radius >= target)).mean())
-        print(f"{'fixed mode forward passes (target radius ' + f'{target:.3f}' + ')':58s} {fixed_fw:14,d}")
-        print(f"{'sequential mode forward passes':58s} {seq_fw:14,d} {seq_fw / fixed_fw:8.3f}  (of fixed)")
-        print(f"{'sequential vs fixed: same decision on radius >= target':58s} {agree:14.2%}")
-    else:
-        print("sequential: median fixed radius is 0 (most inputs abstain); nothing to target")
-    print(
-        f"# smooth_certify forward size {fixed.extra['forward_rows']}, peak {fixed.peak_bytes / 2**20:.1f} MiB "
-        f"({fixed.peak_bytes_kind}); abstained {int(fixed.abstained.sum())}/{len(x)}"
+        f"# total {time.perf_counter() - start:.0f} s. ratio: certrisk rows/s over the limit of the same precision and"
+        " compile setting at the same forward size, measured just before and after each job; limit column: the"
+        " large-N job's; real: share of forwarded rows that belong to an input at"
+        " n = 1k; s/img@100k: (n0 + 100k) / rows/s at large N, extrapolated from the measured rate."
     )
 
 

@@ -5,6 +5,10 @@ predicts with the base model (a sample whose logits are not finite gets base pre
 and confidence NaN, and abstains when scored) and runs every certification method the policy
 names (skipping, with a warning, methods the model's layers do not allow). Seeds derive
 from (run key, sample_id, method), so a retried or re-sharded task reproduces its certificates.
+Smoothing runs at the policy's ``certification.precision`` and ``compile`` and logs its progress
+within the shard at a bounded rate (``ProgressLog``); shard 0 also measures the serving parity
+(base predictions at the certification precision against the serving precision, on the
+reference set), which the merge step carries to scoring and the run record.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from airflow.sdk import Context
 
 from certrisk.operators.artifacts import read_parquet, write_parquet
 from certrisk.operators.base import CertriskOperator
-from certrisk.operators.reference import read_staged_batch
+from certrisk.operators.reference import load_reference, read_staged_batch
 from certrisk.risk.certify import certify_with_spec, derive_seeds, method_available
+from certrisk.risk.certify.precision import serving_parity
+from certrisk.risk.certify.progress import ProgressLog
 from certrisk.risk.health import check_output_shape
 from certrisk.risk.models import load_model, predict
 from certrisk.schemas.columns import ABSTAIN, CERTIFICATE_COLUMNS, PREDICTION_COLUMNS, SAMPLE_ID, conform
@@ -66,7 +72,8 @@ class CertifyOperator(CertriskOperator):
         batch = read_staged_batch(lp, self.batch, start=shard["start"], stop=shard["stop"])
         loaded = load_model(pol.model, lp.model_path, device=self.device or pol.certification.device)
         check_output_shape(loaded.module, pol.model.input_shape, pol.model.classes, loaded.device)
-        x = torch.as_tensor(batch.inputs(pol.model.input_shape))
+        # a parquet-backed array can be read-only (pandas copy-on-write): torch needs a writable one
+        x = torch.from_numpy(np.require(batch.inputs(pol.model.input_shape), requirements=["C", "W"]))
         base_pred, base_conf = predict(loaded.module, x, device=loaded.device)
         nonfinite = ~np.isfinite(base_conf)
         if nonfinite.any():
@@ -93,14 +100,62 @@ class CertifyOperator(CertriskOperator):
             "device": str(loaded.device),
             "costs": costs,
         }
+        if int(shard["index"]) == 0:
+            out["serving_parity"] = self.measure_parity(loaded)
         self.log.info(
             "certified shard %d (%d samples) on %s: %s",
             out["index"],
             len(batch),
             loaded.device,
-            ", ".join(f"{m} {c['seconds']:.2f}s, {c['abstained']} abstained" for m, c in costs.items()),
+            ", ".join(
+                f"{m} {c['seconds']:.2f}s at {c['precision']}"
+                + (
+                    f" (compile {c['compile']}, {c['compile_seconds']:.1f}s compiling apart)"
+                    if c["compile"] != "off"
+                    else ""
+                )
+                + f", {c['abstained']} abstained"
+                for m, c in costs.items()
+            ),
         )
         return out
+
+    def measure_parity(self, loaded) -> dict:
+        """Serving parity on the first ``parity_samples`` reference inputs (see ``serving_parity``);
+        warns when it exceeds the policy's threshold."""
+        lp = self.loaded_policy
+        cert = lp.policy.certification
+        reference = load_reference(lp)
+        inputs = np.require(reference.inputs(lp.policy.model.input_shape), requirements=["C", "W"])
+        x = torch.from_numpy(inputs[: cert.parity_samples]).to(loaded.device, torch.float32)
+        parity = serving_parity(
+            loaded.module,
+            x,
+            precision=cert.precision,
+            serving_precision=cert.serving_precision,
+            compile=cert.compile,
+            threshold=cert.parity_threshold,
+        )
+        if parity["above_threshold"]:
+            self.log.warning(
+                "serving parity: %d of %d reference inputs (%.2f%%) predict differently at %s than at the "
+                "serving precision %s, above certification.parity_threshold %.2f%%",
+                parity["differ"],
+                parity["n"],
+                100 * parity["share"],
+                cert.precision,
+                cert.serving_precision,
+                100 * cert.parity_threshold,
+            )
+        elif parity["measured"]:
+            self.log.info(
+                "serving parity: %d of %d reference inputs differ between %s and %s",
+                parity["differ"],
+                parity["n"],
+                cert.precision,
+                cert.serving_precision,
+            )
+        return parity
 
     def certify_methods(self, loaded, x, ids, *, run_key: str, shard_index: int) -> tuple[pd.DataFrame, dict]:
         """Run every policy method the model's layers allow on ``x``: (certificates conformed to
@@ -115,7 +170,25 @@ class CertifyOperator(CertriskOperator):
                 skipped.append(f"{method}: {reason}")
                 continue
             seeds = derive_seeds(run_key, ids, method)
-            cert = certify_with_spec(loaded.module, x, spec, seeds=seeds, device=loaded.device)
+            progress = ProgressLog(self.log, f"shard {shard_index} {method}", device=loaded.device)
+            cert = certify_with_spec(
+                loaded.module,
+                x,
+                spec,
+                seeds=seeds,
+                device=loaded.device,
+                precision=lp.policy.certification.precision,
+                compile=lp.policy.certification.compile,
+                progress=progress,
+            )
+            execution = cert.extra.get("execution", {})
+            if execution.get("compile_fallback"):
+                self.log.warning(
+                    "%s: certification.compile %r failed, certified eagerly: %s",
+                    method,
+                    execution["compile_requested"],
+                    execution["compile_fallback"],
+                )
             frames.append(cert.to_frame(ids))
             votes = np.asarray(cert.extra.get("nonfinite_votes", 0))
             if votes.any():
@@ -124,7 +197,13 @@ class CertifyOperator(CertriskOperator):
                     method,
                     int((votes > 0).sum()),
                 )
-            costs[method] = {"seconds": float(cert.seconds), "abstained": int(cert.abstained.sum())}
+            costs[method] = {
+                "seconds": float(cert.seconds),
+                "abstained": int(cert.abstained.sum()),
+                "compile_seconds": float(cert.extra.get("compile_seconds", 0.0)),
+                "precision": cert.precision,
+                "compile": cert.compile,
+            }
         if not frames:
             raise PolicyError(
                 f"{lp.path}: certification.methods: no method applies to the model "
@@ -148,7 +227,9 @@ class MergeCertificatesOperator(CertriskOperator):
         self.shard_results = shard_results
 
     def run(self, context: Context) -> dict:
-        results = sorted(self.shard_results, key=lambda r: r["index"])
+        # one slice request: iterating a mapped task's lazy XCom sequence asks for item after item
+        # until one is missing, which Airflow logs as "[error] XCom not found ... offset=N"
+        results = sorted(self.shard_results[:], key=lambda r: r["index"])
         if not results:
             raise InputError(f"{self.task_id}: no shard results to merge (shard_results is empty)")
         certs = pd.concat([read_parquet(r["certificates"]) for r in results], ignore_index=True)
@@ -172,6 +253,7 @@ class MergeCertificatesOperator(CertriskOperator):
             "run_key": run_key,
             "devices": sorted({r["device"] for r in results}),
             "costs": summed_costs(results),
+            "serving_parity": next((r["serving_parity"] for r in results if r.get("serving_parity")), None),
         }
         self.log.info(
             "merged %d shard(s): %d samples, %d certificate rows", len(results), len(preds), len(certs)
@@ -190,11 +272,18 @@ def shared_value(results: Sequence[dict], key: str, what: str):
 
 
 def summed_costs(results: Sequence[dict]) -> dict[str, dict]:
-    """Certification cost per method over all shards: seconds and abstentions add up."""
+    """Certification cost per method over all shards: seconds, compile seconds and abstentions add
+    up; precision and compile mode are the values the shards ran with, comma-separated when they
+    differ (a shard that fell back to eager shows compile "off")."""
     costs: dict[str, dict] = {}
     for r in results:
         for method, c in r["costs"].items():
-            total = costs.setdefault(method, {"seconds": 0.0, "abstained": 0})
+            total = costs.setdefault(method, {"seconds": 0.0, "abstained": 0, "compile_seconds": 0.0})
             total["seconds"] += c["seconds"]
             total["abstained"] += c["abstained"]
+            total["compile_seconds"] += c.get("compile_seconds", 0.0)
+            for key, default in (("precision", "fp32"), ("compile", "off")):
+                seen = [v for v in total.get(key, "").split(",") if v]
+                if c.get(key, default) not in seen:
+                    total[key] = ",".join([*seen, c.get(key, default)])
     return costs

@@ -27,7 +27,8 @@ class RiskScoreOperator(CertriskOperator):
     factors (and the model's health, the signals, the calibration) are then recorded as not
     measured rather than silently zero, and the policy's fixed thresholds set the tiers. The
     calibration (its size, thresholds, rates, feasibility and guarantee) goes into the batch
-    summary and the limitations of every run.
+    summary and the limitations of every run, and so does the serving parity the certify step
+    measured (a warning when it is above ``certification.parity_threshold``).
     """
 
     template_fields: Sequence[str] = (
@@ -83,7 +84,8 @@ class RiskScoreOperator(CertriskOperator):
             calibration=calibration,
         )
         root = self.run_dir(context)
-        statement = limitations(pol, calibration=calibration)
+        parity = self.certified.get("serving_parity")
+        statement = limitations(pol, calibration=calibration, parity=parity)
         summary = {
             **summary,
             "batch_id": self.batch["batch_id"],
@@ -93,7 +95,17 @@ class RiskScoreOperator(CertriskOperator):
             "certification_costs": self.certified.get("costs", {}),
             "devices": self.certified.get("devices", []),
             "n_shards": self.certified.get("n_shards", 1),
+            "serving_parity": parity,
         }
+        if parity and parity.get("above_threshold"):
+            self.log.warning(
+                "serving parity %.2f%% at %s vs serving %s is above the policy's threshold %.2f%%: the "
+                "certificates describe a model that predicts differently from the served one on that share",
+                100 * parity["share"],
+                parity["precision"],
+                parity["serving_precision"],
+                100 * parity["threshold"],
+            )
         out = {
             "sample_risk": write_parquet(root / "sample_risk.parquet", sample_risk),
             "batch_risk": write_json(root / "batch_risk.json", summary),

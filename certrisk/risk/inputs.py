@@ -63,7 +63,8 @@ def _frame_columns(frame: pd.DataFrame, features: Sequence[str] | None, what: st
         raise InputError(
             f"{what}: non-numeric feature column(s) {non_numeric[:10]} (dtype {frame[non_numeric[0]].dtype})"
         )
-    return frame.loc[:, list(features)].to_numpy(dtype=np.float64)
+    # copy=True: under pandas 3 copy-on-write the no-copy array is read-only; torch warns on it
+    return frame.loc[:, list(features)].to_numpy(dtype=np.float64, copy=True)
 
 
 def sample_matrix(

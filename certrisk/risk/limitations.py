@@ -137,6 +137,42 @@ def _lipschitz_paragraph(spec: LipschitzSpec, dim: int) -> str:
     )
 
 
+def _precision_paragraph(policy: Policy, parity: dict | None) -> str:
+    """What the certification precision and compile mode mean for the smoothing certificates, and
+    the serving parity measured this run (None: not measured)."""
+    cert = policy.certification
+    if policy.certification.smoothing is None:
+        return ""
+    text = (
+        f"**Precision.** Randomized smoothing runs the model at {cert.precision}"
+        + ("" if cert.precision == "fp32" else " (autocast)")
+        + (f", compiled (torch.compile mode {cert.compile})" if cert.compile != "off" else "")
+        + "; the noise is drawn and added in float32. Its certificates hold for the smoothed classifier of "
+        "the model as executed that way, which each certificate records (precision, compile). IBP, CROWN "
+        "and Lipschitz certificates keep their own sound float32/float64 arithmetic and record fp32. The "
+        f"model is served at {cert.serving_precision}; "
+    )
+    if parity is None:
+        return (
+            text
+            + "the share of reference inputs predicted differently at the two precisions was not measured."
+        )
+    share, threshold = 100 * float(parity["share"]), 100 * float(parity["threshold"])
+    if not parity.get("measured", True):
+        return text + "certification and serving run the same arithmetic, so their predictions agree."
+    text += (
+        f"on {parity['n']} reference inputs, {parity['differ']} ({share:.2f}%) are predicted differently at "
+        f"the certification precision than at the serving precision (threshold {threshold:.2f}%)."
+    )
+    if parity.get("above_threshold"):
+        text += (
+            " **This is above the policy's threshold: the certificates describe a model that disagrees with "
+            "the served one on that share of inputs; certify at the serving precision or serve at the "
+            "certification precision.**"
+        )
+    return text
+
+
 def _health_paragraph(policy: Policy) -> str:
     h = policy.health
     return (
@@ -193,7 +229,13 @@ def _calibration_paragraph(policy: Policy, calibration: TierCalibration | None) 
     return text
 
 
-def limitations(policy: Policy, *, dim: int | None = None, calibration: TierCalibration | None = None) -> str:
+def limitations(
+    policy: Policy,
+    *,
+    dim: int | None = None,
+    calibration: TierCalibration | None = None,
+    parity: dict | None = None,
+) -> str:
     """Markdown paragraphs: what the policy's certificates cover and what they do not.
 
     Parameters
@@ -202,6 +244,8 @@ def limitations(policy: Policy, *, dim: int | None = None, calibration: TierCali
     dim : input dimension d used to translate radii across norms; default prod(input_shape).
     calibration : the run's tier calibration, whose guarantee and limits are quoted; None states
         the policy's calibration in general.
+    parity : the run's serving parity (``certrisk.risk.certify.precision.serving_parity``), quoted
+        with the certification precision; None says it was not measured.
 
     Returns
     -------
@@ -231,6 +275,7 @@ def limitations(policy: Policy, *, dim: int | None = None, calibration: TierCali
         f"## What the certificates of model {policy.model.name} cover",
         f"Inputs of shape {shape} (d = {d}). Certified norm(s): {', '.join(norms)}.",
         *methods,
+        *([p] if (p := _precision_paragraph(policy, parity)) else []),
         "## What they do not cover",
         (
             "- **A certificate says nothing about whether a sample was attacked.** It bounds the distance to "

@@ -157,6 +157,10 @@ class LipschitzSpec(_Strict):
 MethodSpec = Annotated[SmoothingSpec | IBPSpec | CROWNSpec | LipschitzSpec, Field(discriminator="method")]
 
 
+#: The arithmetic a model can run in: float32, or bfloat16 / float16 autocast.
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
 class CertificationSpec(_Strict):
     """Methods to run and where to run them. The first smoothing method drives abstention."""
 
@@ -170,6 +174,33 @@ class CertificationSpec(_Strict):
         ge=1,
         description="CPU threads per certify task (torch.set_num_threads); set it to cores / concurrent shards "
         "so mapped shards on one CPU worker do not oversubscribe its cores. None keeps torch's default.",
+    )
+    precision: Precision = Field(
+        default="fp32",
+        description="Arithmetic the base classifier runs in for randomized smoothing: fp32, or bf16/fp16 "
+        "autocast (noise is still drawn and added in float32). The smoothed classifier is certified as "
+        "executed at this precision; deterministic methods (IBP, CROWN, Lipschitz) keep their own sound "
+        "float32/float64 arithmetic and record fp32.",
+    )
+    compile: Literal["off", "default", "max-autotune"] = Field(
+        default="off",
+        description="torch.compile mode of the smoothing forward passes; 'off' runs eager. A model that "
+        "fails to compile falls back to eager with a warning; compile time is reported apart.",
+    )
+    serving_precision: Precision = Field(
+        default="fp32",
+        description="Precision the model is served at; the share of reference inputs whose base prediction "
+        "differs between it and the certification precision (serving parity) is measured every run.",
+    )
+    parity_threshold: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Largest acceptable serving-parity gap (share of reference inputs); above it the run "
+        "warns and the limitations say so.",
+    )
+    parity_samples: int = Field(
+        default=2048, ge=1, description="Reference inputs (the first ones) the serving parity is measured on."
     )
 
     @property

@@ -71,8 +71,20 @@ def test_merge_restores_sample_order_groups_methods_and_adds_costs(tmp_path, sha
     assert read_parquet(out["predictions"])["sample_id"].tolist() == ["s0", "s1", "s2", "s3"]
     assert out["n_samples"] == 4 and out["n_shards"] == 2
     assert out["costs"] == {
-        "smoothing": {"seconds": 3.0, "abstained": 2},
-        "ibp": {"seconds": 0.5, "abstained": 0},
+        "smoothing": {
+            "seconds": 3.0,
+            "abstained": 2,
+            "compile_seconds": 0.0,
+            "precision": "fp32",
+            "compile": "off",
+        },
+        "ibp": {
+            "seconds": 0.5,
+            "abstained": 0,
+            "compile_seconds": 0.0,
+            "precision": "fp32",
+            "compile": "off",
+        },
     }
     assert (out["model_sha256"], out["run_key"], out["devices"]) == ("m" * 64, "k/1", ["cpu"])
 
@@ -128,3 +140,55 @@ def test_no_applicable_method_is_a_policy_error_naming_the_policy_and_the_shard(
         PolicyError, match=r"toy\.yaml: certification\.methods: .*toy\.safetensors \(shard 3\): ibp: "
     ):
         op.certify_methods(loaded, torch.zeros(2, 1, 8, 8), ["a", "b"], run_key="k/1", shard_index=3)
+
+
+def _fragile_digits_model() -> torch.nn.Sequential:
+    """(1, 8, 8) inputs, logits (s, (1 + 2^-12) s) with s the pixel sum: class 1 in float32 where
+    s > 0, a tie (class 0) in bf16, whose 8-bit mantissa rounds both weights to 1."""
+    layer = torch.nn.Linear(64, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([torch.ones(64), torch.full((64,), 1.0 + 2.0**-12)]))
+    return torch.nn.Sequential(torch.nn.Flatten(), layer).eval()
+
+
+def test_certify_runs_at_the_policy_precision_and_measures_serving_parity(tmp_path, caplog, monkeypatch):
+    import numpy as np
+
+    ref = pd.DataFrame(np.full((10, 64), 0.5, dtype=np.float32), columns=[f"p{i}" for i in range(64)])
+    ref.iloc[7:] *= -1  # 7 positive rows differ between bf16 and fp32, 3 negative rows agree
+    ref.insert(0, "sample_id", [f"r{i}" for i in range(10)])
+    ref["label"] = 0
+    ref.to_parquet(tmp_path / "ref.parquet")
+    policy = {
+        "model": {
+            "name": "toy",
+            "path": "toy.safetensors",
+            "factory": "certrisk.risk.models:digits_cnn",
+            "input_shape": [1, 8, 8],
+            "classes": ["a", "b"],
+        },
+        "data": {"reference": "ref.parquet"},
+        "certification": {
+            "methods": [{"method": "smoothing", "sigma": 0.25, "n0": 20, "n": 200, "batch_size": 64}],
+            "precision": "bf16",
+            "parity_threshold": 0.05,
+        },
+        "risk_tolerance": "Abstained samples go to human review.",
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    op = CertifyOperator(task_id="certify", policy_path=str(path), batch={"n_samples": 2}, queue="gpu")
+    loaded = SimpleNamespace(module=_fragile_digits_model(), device=torch.device("cpu"))
+    certs, costs = op.certify_methods(
+        loaded, torch.rand(2, 1, 8, 8), ["a", "b"], run_key="k/1", shard_index=0
+    )
+    assert set(certs["precision"]) == {"bf16"} and set(certs["queue"]) == {"gpu"}
+    assert costs["smoothing"]["precision"] == "bf16" and costs["smoothing"]["compile"] == "off"
+    import logging
+
+    # the task logger does not reach caplog; the operator logs through self.log, so route that here
+    monkeypatch.setattr(CertifyOperator, "log", property(lambda _self: logging.getLogger("test.certify")))
+    with caplog.at_level("WARNING", logger="test.certify"):
+        parity = op.measure_parity(loaded)
+    assert (parity["differ"], parity["n"], parity["above_threshold"]) == (7, 10, True)
+    assert "serving parity: 7 of 10 reference inputs (70.00%) predict differently at bf16" in caplog.text

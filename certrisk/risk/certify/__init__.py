@@ -2,7 +2,8 @@
 
 Every number that claims a guarantee is computed conservatively: confidence bounds in float64,
 radii rounded down, selection samples kept apart from estimation samples, seeds recorded;
-deterministic certificates hold for the model as executed in its dtype (``rounding``).
+deterministic certificates hold for the model as executed in its dtype (``rounding``);
+smoothing certificates hold for the model as executed at the recorded precision (``precision``).
 """
 
 from certrisk.risk.certify.batch import CertificateBatch, derive_seeds
@@ -11,10 +12,12 @@ from certrisk.risk.certify.crown import crown_certify
 from certrisk.risk.certify.dispatch import certify_with_spec, method_available
 from certrisk.risk.certify.lipschitz import lipschitz_certify, lipschitz_constant
 from certrisk.risk.certify.norms import translate_radius
+from certrisk.risk.certify.precision import ExecutedModel, serving_parity
 from certrisk.risk.certify.smoothing import sequential_stages, smooth_certify, smooth_predict
 
 __all__ = [
     "CertificateBatch",
+    "ExecutedModel",
     "certify_with_spec",
     "crown_certify",
     "derive_seeds",
@@ -24,6 +27,7 @@ __all__ = [
     "lipschitz_constant",
     "method_available",
     "sequential_stages",
+    "serving_parity",
     "smooth_certify",
     "smooth_predict",
     "translate_radius",

@@ -43,7 +43,9 @@ def method_available(model, method: Method | str) -> tuple[bool, str]:
     return True, ""
 
 
-def certify_with_spec(model, x, spec, *, seeds, device=None, cache=None) -> CertificateBatch:
+def certify_with_spec(
+    model, x, spec, *, seeds, device=None, cache=None, precision="fp32", compile="off", progress=None
+) -> CertificateBatch:
     """Certify x (shape (B, *input_shape)) with the method and parameters of a policy spec.
 
     spec : SmoothingSpec, IBPSpec, LipschitzSpec, or a CROWN spec (``method`` "crown" or
@@ -51,6 +53,13 @@ def certify_with_spec(model, x, spec, *, seeds, device=None, cache=None) -> Cert
     seeds : int array of shape (B,) (``derive_seeds(run_key, sample_ids, method)``) or an int.
     cache : the Lipschitz constants' cache (``get_or_compute(kind, key, compute)``); None keeps
         them in memory.
+    precision, compile : the policy's ``certification.precision`` and ``certification.compile``.
+        They apply to randomized smoothing only: its guarantee holds for the model as executed at
+        any precision, as long as the noise is exact. IBP, CROWN and Lipschitz bound the model's own
+        float arithmetic in float32/float64 with outward rounding, which autocast or a compiled graph
+        would invalidate; they keep that arithmetic and record precision "fp32", compile "off"
+        (the serving parity measures how far reduced-precision serving is from it).
+    progress : ``progress(done_rows, total_rows)`` for smoothing's forward passes, or None.
     """
     if isinstance(spec, SmoothingSpec):
         return smooth_certify(
@@ -65,6 +74,9 @@ def certify_with_spec(model, x, spec, *, seeds, device=None, cache=None) -> Cert
             device=device,
             mode=spec.mode,
             target_radius=spec.target_radius,
+            precision=precision,
+            compile=compile,
+            progress=progress,
         )
     if isinstance(spec, IBPSpec):
         return ibp_certify(model, x, eps=spec.eps, norm=spec.norm, seed=seeds, device=device)

@@ -72,7 +72,8 @@ def as_batch(x, *, what: str, device: torch.device, dtype: torch.dtype) -> torch
     check_samples(x, what=what)
     if x.ndim < 2:
         raise InputError(f"{what}: x must have shape (B, *input_shape), got shape {tuple(x.shape)}")
-    xt = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x.detach()
+    # np.require copies a read-only array (parquet-backed, pandas copy-on-write): torch warns on those
+    xt = torch.from_numpy(np.require(x, requirements=["C", "W"])) if isinstance(x, np.ndarray) else x.detach()
     return xt.to(device=device, dtype=dtype).contiguous()
 
 

@@ -38,7 +38,9 @@ from certrisk.risk.certify.inputs import (
     run_model,
 )
 from certrisk.risk.certify.packing import ESTIMATION, SELECTION, NoiseSampler
+from certrisk.risk.certify.precision import ExecutedModel
 from certrisk.risk.certify.stats import clopper_pearson_lower, clopper_pearson_upper, smoothing_radius
+from certrisk.risk.models import select_device
 from certrisk.schemas.columns import ABSTAIN
 from certrisk.schemas.enums import Method, Norm
 from certrisk.schemas.errors import InputError
@@ -61,11 +63,27 @@ def _validate(model, x, sigma, n0, n, alpha, batch_size, mode, target_radius, de
         check_positive(target_radius, "target_radius", what)
     if mode == "sequential" and target_radius is None:
         raise InputError(f"{what}: mode='sequential' needs target_radius (the radius to settle)")
+    if isinstance(model, ExecutedModel):
+        if device is not None and select_device(device) != model.device:
+            raise InputError(f"{what}: an ExecutedModel runs on {model.device}, not on device={device!r}")
+        dev = model.device
+        xt = as_batch(x, what=what, device=dev, dtype=model_dtype(model.module))
+        with torch.inference_mode():
+            run_model(model.eager, xt[:1], what)
+        return model, dev, xt
     model, dev = place(model, device)
     xt = as_batch(x, what=what, device=dev, dtype=model_dtype(model))
     with torch.inference_mode():
         run_model(model, xt[:1], what)  # fail early, with the shape named, before any measuring
     return model, dev, xt
+
+
+def _executed(model, precision: str, compile: str, dev) -> ExecutedModel:
+    """The model as executed: ``model`` itself when it is an ExecutedModel (its own precision and
+    compile mode win), else ``model`` at ``precision`` and ``compile``."""
+    if isinstance(model, ExecutedModel):
+        return model
+    return ExecutedModel(model, precision=precision, compile=compile, device=dev)
 
 
 def _count_of(table: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -86,6 +104,9 @@ def smooth_certify(
     device=None,
     mode: str = "fixed",
     target_radius: float | None = None,
+    precision: str = "fp32",
+    compile: str = "off",
+    progress=None,
 ) -> CertificateBatch:
     """Cohen et al.'s CERTIFY for a batch of inputs, packed into shared forward passes.
 
@@ -102,6 +123,13 @@ def smooth_certify(
     device : torch device; None keeps the model's device
     mode : "fixed" (exactly n estimation samples) or "sequential" (see below)
     target_radius : l2 radius whose certification sequential mode settles per input
+    precision : "fp32", "bf16" or "fp16": the model runs under autocast at it (noise is drawn
+        and added in float32); the base classifier f is the model as executed at this precision
+    compile : "off", "default" or "max-autotune" (torch.compile; eager with a warning on failure).
+        ``model`` may be a ``precision.ExecutedModel`` (compiled once, reused); its own precision
+        and compile mode then apply.
+    progress : None or a callable ``progress(done_rows, total_rows)`` called after every chunk
+        (``progress.ProgressLog`` logs it at a bounded rate)
 
     Guarantee (fixed mode)
     ----------------------
@@ -137,19 +165,35 @@ def smooth_certify(
     largest radius sequential mode can report is ``sigma * Phi^-1((alpha / K)^(1/n))``, below
     fixed mode's ``sigma * Phi^-1(alpha^(1/n))``, since the last stage uses level alpha / K.
 
+    Precision
+    ---------
+    The guarantee is about the smoothed classifier of whatever base classifier f the counts come
+    from; it needs exact Gaussian noise (float32 here), not exact arithmetic in f. At bf16 or fp16
+    the certificate holds for the smoothed classifier of the model *as executed at that precision*
+    (and compiled graph), which the certificate records; how often that f disagrees with the
+    served model is the serving parity (``precision.serving_parity``). An fp16 logit that
+    overflows is a non-finite vote (the input abstains).
+
     Returns
     -------
-    CertificateBatch with ``n_used`` = ``n_forward`` = n0 + estimation samples used per input, and
-    ``extra`` holding ``forward_rows`` (the forward size used), ``rows_forwarded`` (including
-    padding), ``nonfinite_votes`` (int64 (B,), noisy copies with non-finite logits) and, in
+    CertificateBatch with ``n_used`` = ``n_forward`` = n0 + estimation samples used per input,
+    ``precision`` and ``compile`` as executed (compile "off" after a fallback), ``seconds``
+    without compile time, and ``extra`` holding ``forward_rows`` (the forward size used),
+    ``rows_forwarded`` (including padding), ``rows_real`` (without), ``compile_seconds``,
+    ``execution`` (``ExecutedModel.describe()``), ``nonfinite_votes`` (int64 (B,), noisy copies with non-finite logits) and, in
     sequential mode, ``stages``.
     """
     what = "smooth_certify"
     model, dev, xt = _validate(model, x, sigma, n0, n, alpha, batch_size, mode, target_radius, device, what)
     seeds = resolve_seeds(seed, xt.shape[0])
-    start = time.perf_counter()
+    executed = _executed(model, precision, compile, dev)
+    total = int(xt.shape[0]) * (int(n0) + int(n))
+    report = None if progress is None else (lambda done: progress(done, total))
+    compiling, start = executed.compile_seconds, time.perf_counter()
     with torch.inference_mode():
-        sampler = NoiseSampler(model, xt, sigma=sigma, seeds=seeds, forward_rows=batch_size)
+        sampler = NoiseSampler(
+            executed, xt, sigma=sigma, seeds=seeds, forward_rows=batch_size, progress=report
+        )
         if mode == "fixed":
             sampler.sample([(SELECTION, 0, n0), (ESTIMATION, 0, n)])  # one pass, two independent streams
             selection, estimation = sampler.counts(SELECTION, ESTIMATION)
@@ -165,11 +209,15 @@ def smooth_certify(
             p_lower, used, stages = _sequential(sampler, c_a, n, alpha, sigma, target_radius)
             nonfinite = sampler.nonfinite(SELECTION, ESTIMATION)
         peak = sampler.peak_memory()
-    seconds = time.perf_counter() - start
+    compile_seconds = executed.compile_seconds - compiling  # this call's compiling only
+    seconds = time.perf_counter() - start - compile_seconds
     abstained = (p_lower <= 0.5) | (nonfinite > 0)
     extra = {
         "forward_rows": sampler.forward_rows,
         "rows_forwarded": sampler.rows_forwarded,
+        "rows_real": sampler.rows_real,
+        "compile_seconds": compile_seconds,
+        "execution": executed.describe(),
         "nonfinite_votes": nonfinite,
     }
     if stages is not None:
@@ -192,6 +240,8 @@ def smooth_certify(
         dtype=dtype_name(xt.dtype),
         dim=int(np.prod(xt.shape[1:])),
         sigma=float(sigma),
+        precision=executed.precision,
+        compile=executed.compile,
         extra=extra,
     )
 
@@ -251,6 +301,7 @@ def smooth_predict(
     batch_size: int | None = None,
     seed=0,
     device=None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Cohen et al.'s PREDICT for a batch: the smoothed classifier's class, or ``ABSTAIN`` (-1).
 
@@ -259,14 +310,16 @@ def smooth_predict(
     level alpha. With probability at least 1 - alpha, a returned class is g(x). An input with any
     noisy copy whose logits are not all finite abstains.
 
-    x : array of shape (B, *input_shape). Returns int64 array of shape (B,).
+    x : array of shape (B, *input_shape); precision : as in ``smooth_certify``. Returns int64
+    array of shape (B,).
     """
     what = "smooth_predict"
-    model, _, xt = _validate(model, x, sigma, 1, n, alpha, batch_size, "fixed", None, device, what)
+    model, dev, xt = _validate(model, x, sigma, 1, n, alpha, batch_size, "fixed", None, device, what)
     seeds = resolve_seeds(seed, xt.shape[0])
+    executed = _executed(model, precision, "off", dev)
     with torch.inference_mode():
         sampler = NoiseSampler(
-            model, xt, sigma=sigma, seeds=seeds, forward_rows=batch_size, streams=(ESTIMATION,)
+            executed, xt, sigma=sigma, seeds=seeds, forward_rows=batch_size, streams=(ESTIMATION,)
         )
         sampler.sample([(ESTIMATION, 0, n)])
         (counts,) = sampler.counts(ESTIMATION)
