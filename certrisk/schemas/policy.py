@@ -62,8 +62,13 @@ class ModelSpec(_Strict):
     def _factory_for_weights(self) -> ModelSpec:
         if self.format == "safetensors" and not self.factory:
             raise ValueError("format 'safetensors' needs 'factory' (module:function)")
-        if self.factory and ":" not in self.factory:
-            raise ValueError(f"factory must look like 'module:function', got {self.factory!r}")
+        name, colon, function = (self.factory or "").partition(":")
+        if self.factory and not (
+            name.replace(".", "_").replace("-", "_").isidentifier() and (not colon or function)
+        ):
+            raise ValueError(
+                f"factory must be a registered entry-point name or 'module:function', got {self.factory!r}"
+            )
         return self
 
     @property
@@ -314,6 +319,17 @@ class Policy(_Strict):
         min_length=1,
         description="The organisation's risk tolerance statement for this model (GOVERN 1.3, MAP 1.5).",
     )
+
+    @model_validator(mode="after")
+    def _review_before_alert(self) -> Policy:
+        """A batch that alerts must have been eligible for review: with ``review.at_tier`` above
+        ``alert_tier`` an approved worse batch would pass while a better, unreviewed one fails."""
+        if self.review is not None and self.review.at_tier > self.alert_tier:
+            raise ValueError(
+                f"review.at_tier {self.review.at_tier.value!r} is above alert_tier {self.alert_tier.value!r}: "
+                "batches that alert would never be reviewed; lower review.at_tier or raise alert_tier"
+            )
+        return self
 
 
 class LoadedPolicy(BaseModel):

@@ -174,3 +174,25 @@ def test_calibration_and_signals_sections():
     loaded = load_policy(DEMO)
     assert loaded.policy.signals.k == 5 and loaded.policy.signals.features
     assert loaded.index_path is not None and loaded.index_path.name == "index.parquet"
+
+
+def test_review_tier_above_the_alert_tier_is_refused():
+    data = {**demo_data(), "review": {"at_tier": "critical"}, "alert_tier": "high"}
+    with pytest.raises(PolicyError, match="review.at_tier 'critical' is above alert_tier 'high'"):
+        parse_policy(data, source="x.yaml")
+    data["review"]["at_tier"] = "high"
+    assert parse_policy(data, source="x.yaml").review.at_tier is Tier.HIGH
+
+
+@pytest.mark.parametrize(
+    "factory, ok",
+    [("digits_cnn", True), ("certrisk.risk.models:digits_cnn", True), ("os:", False), ("a b:c", False)],
+)
+def test_factory_is_an_entry_point_name_or_a_target(factory, ok):
+    model = {**demo_data()["model"], "format": "safetensors", "factory": factory}
+    data = {**demo_data(), "model": model}
+    if ok:
+        assert parse_policy(data, source="x.yaml").model.factory == factory
+    else:
+        with pytest.raises(PolicyError, match="registered entry-point name or 'module:function'"):
+            parse_policy(data, source="x.yaml")
