@@ -81,7 +81,12 @@ class CertifyOperator(CertriskOperator):
             base_pred = np.where(nonfinite, ABSTAIN, base_pred)
         run_key = self.run_key_override or self.run_key(context)
         certs, costs = self.certify_methods(
-            loaded, x, batch.ids, run_key=run_key, shard_index=int(shard["index"])
+            loaded,
+            x,
+            batch.ids,
+            run_key=run_key,
+            shard_index=int(shard["index"]),
+            worker=getattr(context.get("ti"), "hostname", None),
         )
         root = self.run_dir(context)
         name = f"shard-{int(shard['index']):05d}.parquet"
@@ -157,9 +162,15 @@ class CertifyOperator(CertriskOperator):
             )
         return parity
 
-    def certify_methods(self, loaded, x, ids, *, run_key: str, shard_index: int) -> tuple[pd.DataFrame, dict]:
+    def certify_methods(
+        self, loaded, x, ids, *, run_key: str, shard_index: int, worker: str | None = None
+    ) -> tuple[pd.DataFrame, dict]:
         """Run every policy method the model's layers allow on ``x``: (certificates conformed to
-        CERTIFICATE_COLUMNS, cost per method). PolicyError when no method applies."""
+        CERTIFICATE_COLUMNS, cost per method). PolicyError when no method applies.
+
+        Each row records this task's ``queue`` and its ``worker``: the host name Airflow records
+        for the task instance (``[core] hostname_callable``, the name the REST API and UI show),
+        else the machine's name."""
         lp = self.loaded_policy
         frames, costs, skipped = [], {}, []
         for spec in lp.policy.certification.methods:
@@ -211,6 +222,8 @@ class CertifyOperator(CertriskOperator):
             )
         certs = conform(pd.concat(frames, ignore_index=True), CERTIFICATE_COLUMNS, table="certificates")
         certs["queue"] = str(self.queue or "")
+        if worker:
+            certs["worker"] = str(worker)
         return certs, costs
 
 

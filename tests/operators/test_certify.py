@@ -3,6 +3,7 @@ and the refusals that fail the task at once) and the policy error when no method
 
 from __future__ import annotations
 
+import socket
 from types import SimpleNamespace
 
 import pandas as pd
@@ -183,6 +184,11 @@ def test_certify_runs_at_the_policy_precision_and_measures_serving_parity(tmp_pa
         loaded, torch.rand(2, 1, 8, 8), ["a", "b"], run_key="k/1", shard_index=0
     )
     assert set(certs["precision"]) == {"bf16"} and set(certs["queue"]) == {"gpu"}
+    assert set(certs["worker"]) == {socket.gethostname()}  # outside Airflow: the machine
+    named, _ = op.certify_methods(
+        loaded, torch.rand(2, 1, 8, 8), ["a", "b"], run_key="k/1", shard_index=0, worker="gpu-7"
+    )
+    assert set(named["worker"]) == {"gpu-7"}  # in a task: the host Airflow records for it
     assert costs["smoothing"]["precision"] == "bf16" and costs["smoothing"]["compile"] == "off"
     import logging
 
