@@ -4,7 +4,7 @@ under the CeleryExecutor; print throughput and ratios.
 Real Airflow machinery: ``airflow api-server``, ``airflow scheduler`` and ``airflow dag-processor``
 on a fresh PostgreSQL metadata database in a temporary AIRFLOW_HOME. One DAG per shard count, each
 validate -> plan_shards -> certify (mapped) -> merge_certificates on the same batch of the digits
-demo (randomized smoothing, n = 2000 noise draws per sample).
+demo (randomized smoothing, n = 2000 noise draws per sample unless ``--n`` says otherwise).
 
 ``--executor local`` (default): LocalExecutor, one run per shard count in ``--shards``.
 
@@ -28,7 +28,7 @@ Reported per run, from the task instances' own start and end times:
 
 Ratios depend on cores and on what else runs: the load average is printed with the table. Run:
 ``.venv/bin/python bench/scale.py [--samples 256] [--shards 1 2 4] [--parallelism 4]`` or
-``.venv/bin/python bench/scale.py --executor celery [--samples 256] [--shards 4] [--repeats 2]``;
+``.venv/bin/python bench/scale.py --executor celery [--samples 256] [--shards 4] [--repeats 2] [--n 8000]``;
 ``--home DIR`` keeps the demo assets (trained on first use) in DIR for the next run.
 Needs the PostgreSQL server on 127.0.0.1:5432 (user postgres, trust auth); Celery mode also needs
 ``redis-server`` (Debian package redis-server).
@@ -53,6 +53,7 @@ import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_N = 2000  # the digits policy's noise draws per sample
 sys.path.insert(0, str(REPO))
 
 from tests.integration.celery_cluster import CeleryCluster, RedisServer, celery_executor_env
@@ -159,9 +160,12 @@ def prepare(args, work: Path, shards: list[int], policy_edit: dict | None = None
         raise SystemExit(f"--samples {args.samples}: the clean digits batch has only {len(clean)} samples")
     clean.head(args.samples).to_parquet(batch, index=False)
     policy = DATASETS["digits"].policy
-    if policy_edit:
+    if policy_edit or args.n != DEFAULT_N:
         doc = yaml.safe_load(policy.read_text())
-        doc["certification"].update(policy_edit)
+        doc["certification"].update(policy_edit or {})
+        for method in doc["certification"]["methods"]:
+            if method["method"] == "smoothing":
+                method["n"] = args.n
         policy = dags / "digits.yaml"
         policy.write_text(yaml.safe_dump(doc, sort_keys=False))
     plan = {k: math.ceil(args.samples / k) for k in shards}
@@ -269,6 +273,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--executor", choices=["local", "celery"], default="local")
     ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument(
+        "--n", type=int, default=DEFAULT_N, help="smoothing noise draws per sample (more: longer shards)"
+    )
     ap.add_argument("--shards", type=int, nargs="+", default=None, help="default: 1 2 4 (local), 4 (celery)")
     ap.add_argument("--parallelism", type=int, default=4, help="LocalExecutor worker processes")
     ap.add_argument("--repeats", type=int, default=1, help="celery: 1-then-2-worker rounds")
@@ -291,7 +298,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     facts = (
-        f"{args.samples} digits samples, randomized smoothing n=2000, {os.cpu_count()} CPU cores, "
+        f"{args.samples} digits samples, randomized smoothing n={args.n}, {os.cpu_count()} CPU cores, "
         f"PostgreSQL metadata DB; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
         f"{time.monotonic() - started:.0f} s in all"
     )
