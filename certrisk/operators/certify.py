@@ -220,11 +220,11 @@ class CertifyOperator(CertriskOperator):
                 f"{lp.path}: certification.methods: no method applies to the model "
                 f"{lp.model_path.name} (shard {shard_index}): {'; '.join(skipped)}"
             )
-        certs = conform(pd.concat(frames, ignore_index=True), CERTIFICATE_COLUMNS, table="certificates")
+        certs = pd.concat(frames, ignore_index=True)
         certs["queue"] = str(self.queue or "")
         if worker:
             certs["worker"] = str(worker)
-        return certs, costs
+        return conform(certs, CERTIFICATE_COLUMNS, table="certificates"), costs
 
 
 class MergeCertificatesOperator(CertriskOperator):

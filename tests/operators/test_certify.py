@@ -189,6 +189,7 @@ def test_certify_runs_at_the_policy_precision_and_measures_serving_parity(tmp_pa
         loaded, torch.rand(2, 1, 8, 8), ["a", "b"], run_key="k/1", shard_index=0, worker="gpu-7"
     )
     assert set(named["worker"]) == {"gpu-7"}  # in a task: the host Airflow records for it
+    assert named.dtypes.equals(certs.dtypes)  # the same columns and dtypes either way
     assert costs["smoothing"]["precision"] == "bf16" and costs["smoothing"]["compile"] == "off"
     import logging
 
@@ -198,3 +199,39 @@ def test_certify_runs_at_the_policy_precision_and_measures_serving_parity(tmp_pa
         parity = op.measure_parity(loaded)
     assert (parity["differ"], parity["n"], parity["above_threshold"]) == (7, 10, True)
     assert "serving parity: 7 of 10 reference inputs (70.00%) predict differently at bf16" in caplog.text
+
+
+def test_every_method_kind_certifies_through_the_operator(tmp_path):
+    """Smoothing and the deterministic methods side by side in one shard: one row per sample and
+    method, each method's cost recorded (their ``extra`` facts differ in kind; the operator reads
+    them all)."""
+    policy = {
+        "model": {
+            "name": "toy",
+            "path": "toy.safetensors",
+            "factory": "certrisk.risk.models:digits_cnn",
+            "input_shape": [1, 8, 8],
+            "classes": ["a", "b"],
+        },
+        "data": {"reference": "ref.parquet"},
+        "certification": {
+            "methods": [
+                {"method": "smoothing", "sigma": 0.25, "n0": 20, "n": 100, "batch_size": 64},
+                {"method": "ibp", "eps": 0.01},
+                {"method": "crown", "eps": 0.01},
+                {"method": "lipschitz"},
+            ]
+        },
+        "risk_tolerance": "Abstained samples go to human review.",
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    op = CertifyOperator(task_id="certify", policy_path=str(path), batch={"n_samples": 3})
+    loaded = SimpleNamespace(module=_fragile_digits_model(), device=torch.device("cpu"))
+    certs, costs = op.certify_methods(
+        loaded, torch.rand(3, 1, 8, 8), ["a", "b", "c"], run_key="k/1", shard_index=0
+    )
+    assert sorted(costs) == ["crown", "ibp", "lipschitz", "smoothing"]
+    assert certs.groupby("method")["sample_id"].apply(sorted).to_dict() == {
+        m: ["a", "b", "c"] for m in ("crown", "ibp", "lipschitz", "smoothing")
+    }

@@ -92,6 +92,11 @@ class CertificateBatch:
     ``dim`` (number of input features, for translating radii between norms), ``precision`` (the
     arithmetic the model ran in: fp32, bf16 or fp16 autocast) and ``compile`` (the torch.compile
     mode, "off" for eager). Rows also name the ``worker`` host; the certify task adds its ``queue``.
+
+    ``extra`` holds method-specific facts; ``extra["execution"]`` is always a dict describing
+    what ran: ``covers`` (the arithmetic a deterministic bound holds for), or for smoothing the
+    executed model (precision, compile mode requested and used, ``compile_fallback``, compile
+    seconds).
     """
 
     method: Method

@@ -268,7 +268,7 @@ def ibp_certify(
 
     x : tensor or array of shape (B, *input_shape). ``seed`` is recorded only (IBP is deterministic).
     Returns a CertificateBatch with ``alpha`` 0, ``p_lower`` NaN, ``n_used`` 0, ``n_forward`` the
-    bound propagations spent per input plus one plain forward, and ``extra["execution"]`` naming
+    bound propagations spent per input plus one plain forward, and ``extra["execution"]["covers"]`` naming
     the execution the guarantee covers.
     """
     what = "ibp_certify"
@@ -309,7 +309,7 @@ def ibp_certify(
         n_forward=spent + 1,
         cpu_peak=cpu_peak(x64, ops, 4),
         eps=float(eps) if eps is not None else float("nan"),
-        extra={"execution": exe.covers, **({"search_rtol": SEARCH_RTOL} if eps is None else {})},
+        extra={"execution": {"covers": exe.covers}, **({"search_rtol": SEARCH_RTOL} if eps is None else {})},
     )
 
 

@@ -366,7 +366,7 @@ def crown_certify(
     Returns a CertificateBatch with ``alpha`` 0, ``p_lower`` NaN, ``n_used`` 0, ``n_forward`` the
     bound evaluations per input (CROWN's and, with the search, IBP's) plus one plain forward,
     method "crown" or "crown-ibp", and
-    ``extra["execution"]`` naming the execution the guarantee covers.
+    ``extra["execution"]["covers"]`` naming the execution the guarantee covers.
     """
     what = "crown_certify"
     nrm = as_norm(norm)
@@ -400,7 +400,7 @@ def crown_certify(
             radius, spent = largest_certified(certified, b, soft=True, floor=floor.radius)
             spent = spent + floor.n_forward - 1
             ok = radius > 0
-    extra = {"execution": exe.covers, "intermediate": intermediate}
+    extra = {"execution": {"covers": exe.covers}, "intermediate": intermediate}
     return run.finish(
         method=_method(intermediate),
         norm=nrm,

@@ -236,5 +236,5 @@ def lipschitz_certify(model, x, *, seed=0, device=None, cache=None) -> Certifica
         radius=np.where(ok, radius, 0.0),
         n_forward=np.full(b, 2, dtype=np.int64),
         cpu_peak=cpu_peak(x64, ops, 4),
-        extra={"lipschitz_constant": _product(consts), "execution": exe.covers},
+        extra={"lipschitz_constant": _product(consts), "execution": {"covers": exe.covers}},
     )
