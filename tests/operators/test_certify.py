@@ -120,7 +120,9 @@ class _NotSequential(torch.nn.Module):
         return x.flatten(1)[:, :2]
 
 
-def test_no_applicable_method_is_a_policy_error_naming_the_policy_and_the_shard(tmp_path):
+def _toy_operator(tmp_path, certification: dict, **kwargs) -> CertifyOperator:
+    """A CertifyOperator on a toy policy (digits CNN factory, (1, 8, 8) inputs, classes a and b,
+    reference ``tmp_path/ref.parquet``) with the given certification section."""
     policy = {
         "model": {
             "name": "toy",
@@ -130,12 +132,16 @@ def test_no_applicable_method_is_a_policy_error_naming_the_policy_and_the_shard(
             "classes": ["a", "b"],
         },
         "data": {"reference": "ref.parquet"},
-        "certification": {"methods": [{"method": "ibp", "eps": 0.1}]},
+        "certification": certification,
         "risk_tolerance": "Abstained samples go to human review.",
     }
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(policy))
-    op = CertifyOperator(task_id="certify", policy_path=str(path), batch={"n_samples": 2})
+    return CertifyOperator(task_id="certify", policy_path=str(path), **kwargs)
+
+
+def test_no_applicable_method_is_a_policy_error_naming_the_policy_and_the_shard(tmp_path):
+    op = _toy_operator(tmp_path, {"methods": [{"method": "ibp", "eps": 0.1}]}, batch={"n_samples": 2})
     loaded = SimpleNamespace(module=_NotSequential(), device="cpu")
     with pytest.raises(
         PolicyError, match=r"toy\.yaml: certification\.methods: .*toy\.safetensors \(shard 3\): ibp: "
@@ -160,25 +166,12 @@ def test_certify_runs_at_the_policy_precision_and_measures_serving_parity(tmp_pa
     ref.insert(0, "sample_id", [f"r{i}" for i in range(10)])
     ref["label"] = 0
     ref.to_parquet(tmp_path / "ref.parquet")
-    policy = {
-        "model": {
-            "name": "toy",
-            "path": "toy.safetensors",
-            "factory": "certrisk.risk.models:digits_cnn",
-            "input_shape": [1, 8, 8],
-            "classes": ["a", "b"],
-        },
-        "data": {"reference": "ref.parquet"},
-        "certification": {
-            "methods": [{"method": "smoothing", "sigma": 0.25, "n0": 20, "n": 200, "batch_size": 64}],
-            "precision": "bf16",
-            "parity_threshold": 0.05,
-        },
-        "risk_tolerance": "Abstained samples go to human review.",
+    certification = {
+        "methods": [{"method": "smoothing", "sigma": 0.25, "n0": 20, "n": 200, "batch_size": 64}],
+        "precision": "bf16",
+        "parity_threshold": 0.05,
     }
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    op = CertifyOperator(task_id="certify", policy_path=str(path), batch={"n_samples": 2}, queue="gpu")
+    op = _toy_operator(tmp_path, certification, batch={"n_samples": 2}, queue="gpu")
     loaded = SimpleNamespace(module=_fragile_digits_model(), device=torch.device("cpu"))
     certs, costs = op.certify_methods(
         loaded, torch.rand(2, 1, 8, 8), ["a", "b"], run_key="k/1", shard_index=0
@@ -205,28 +198,13 @@ def test_every_method_kind_certifies_through_the_operator(tmp_path):
     """Smoothing and the deterministic methods side by side in one shard: one row per sample and
     method, each method's cost recorded (their ``extra`` facts differ in kind; the operator reads
     them all)."""
-    policy = {
-        "model": {
-            "name": "toy",
-            "path": "toy.safetensors",
-            "factory": "certrisk.risk.models:digits_cnn",
-            "input_shape": [1, 8, 8],
-            "classes": ["a", "b"],
-        },
-        "data": {"reference": "ref.parquet"},
-        "certification": {
-            "methods": [
-                {"method": "smoothing", "sigma": 0.25, "n0": 20, "n": 100, "batch_size": 64},
-                {"method": "ibp", "eps": 0.01},
-                {"method": "crown", "eps": 0.01},
-                {"method": "lipschitz"},
-            ]
-        },
-        "risk_tolerance": "Abstained samples go to human review.",
-    }
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    op = CertifyOperator(task_id="certify", policy_path=str(path), batch={"n_samples": 3})
+    methods = [
+        {"method": "smoothing", "sigma": 0.25, "n0": 20, "n": 100, "batch_size": 64},
+        {"method": "ibp", "eps": 0.01},
+        {"method": "crown", "eps": 0.01},
+        {"method": "lipschitz"},
+    ]
+    op = _toy_operator(tmp_path, {"methods": methods}, batch={"n_samples": 3})
     loaded = SimpleNamespace(module=_fragile_digits_model(), device=torch.device("cpu"))
     certs, costs = op.certify_methods(
         loaded, torch.rand(3, 1, 8, 8), ["a", "b", "c"], run_key="k/1", shard_index=0
